@@ -1,0 +1,201 @@
+"""The mask arithmetic of a partial convolution, as pure functions of the mask and the geometry.
+
+A mask holds 1 for valid pixels and 0 for holes. Every layout is reduced to a one-channel map of
+valid pixels, ``(B|1, 1, *S)``, plus a channel multiplicity: the number of input channels each
+pixel of that map stands for (``C_in`` for a multi-channel mask or a mask shared by all channels,
+1 for NVIDIA's single-channel mask). The valid pixels under each window are counted by one small
+convolution with a ones kernel, in float32 or wider, so the counts are exact integers whatever the
+input's dtype. From the count ``c`` and the window size ``w`` (``multiplicity * prod(kernel)``):
+
+    ratio  = w / (c + 1e-8) * clamp(c, 0, 1)   where c > 0, else 0 (a select, so never inf or NaN)
+    update = clamp(c, 0, 1)
+
+which is NVIDIA's arithmetic, operation for operation, at NVIDIA's scale for each layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "EPS",
+    "MaskLayout",
+    "PConvError",
+    "channels_per_pixel",
+    "check_input",
+    "count_dtype",
+    "ratio_and_update",
+    "read_layout",
+    "valid_count",
+    "valid_map",
+    "window_size",
+]
+
+# NVIDIA's eps. It only matters where the count is 0, and there the ratio is selected to 0, but it
+# is kept in the division so that float64 results agree with the reference (1e-8 is not
+# negligible against 1/count in float64).
+EPS = 1e-8
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+class PConvError(TypeError, ValueError):
+    """Bad input to a partial convolution: wrong rank, shape, dtype, device or mask values.
+
+    Both a TypeError (what torch-pconv 0.1.1 raised, and what its users catch) and a ValueError.
+    """
+
+
+class MaskLayout(Enum):
+    """How a mask's shape maps onto the input's channels."""
+
+    NONE = "none"  # no mask: partial-convolution-based padding
+    SHARED = "shared"  # (B|1, *S): one mask for every input channel (torch-pconv 0.1.1)
+    SINGLE = "single"  # (B|1, 1, *S) with multi_channel=False (NVIDIA's default)
+    MULTI = "multi"  # (B|1, C_in, *S) with multi_channel=True (NVIDIA's multi-channel)
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def check_input(input: Tensor, spatial_dims: int) -> None:
+    """Raise PConvError unless ``input`` is a batched floating-point tensor of the right rank."""
+    if not isinstance(input, Tensor):
+        raise PConvError(f"input: expected a torch.Tensor, got {type(input).__name__}")
+    if input.dim() != spatial_dims + 2:
+        names = ("L", "H, W", "D, H, W")[spatial_dims - 1]
+        raise PConvError(f"input: expected a {spatial_dims + 2}-D tensor (B, C, {names}), got shape {_shape(input)}")
+    if not input.is_floating_point():
+        raise PConvError(f"input: expected a floating-point dtype, got {input.dtype}")
+
+
+def read_layout(mask: Tensor, input: Tensor, in_channels: int, multi_channel: bool) -> MaskLayout:
+    """Validate ``mask`` against ``input`` and return its layout; raise PConvError if it fits none."""
+    if not isinstance(mask, Tensor):
+        raise PConvError(f"mask_in: expected a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.device != input.device:
+        raise PConvError(f"mask_in: expected a tensor on {input.device} (the input's device), got {mask.device}")
+    if mask.is_complex() or not (mask.is_floating_point() or mask.dtype == torch.bool or _is_integer(mask)):
+        raise PConvError(f"mask_in: expected a float, bool or integer 0/1 mask, got dtype {mask.dtype}")
+    spatial = input.shape[2:]
+    n = len(spatial)
+    if mask.dim() == n + 1:
+        layout, channels = MaskLayout.SHARED, None
+    elif mask.dim() == n + 2:
+        layout, channels = (MaskLayout.MULTI if multi_channel else MaskLayout.SINGLE), mask.shape[1]
+    else:
+        raise PConvError(
+            f"mask_in: expected a {n + 1}-D (B, *S) or {n + 2}-D (B, C, *S) mask for a "
+            f"{n + 2}-D input of shape {_shape(input)}, got shape {_shape(mask)}"
+        )
+    if mask.shape[-n:] != spatial:
+        raise PConvError(
+            f"mask_in: spatial size {tuple(mask.shape[-n:])} does not match the input's {tuple(spatial)} "
+            f"(mask {_shape(mask)}, input {_shape(input)})"
+        )
+    if mask.shape[0] not in (1, input.shape[0]):
+        raise PConvError(
+            f"mask_in: batch size {mask.shape[0]} does not match the input's batch size {input.shape[0]} "
+            f"(expected {input.shape[0]} or 1 to broadcast)"
+        )
+    if layout is MaskLayout.SINGLE and channels != 1:
+        hint = " (pass multi_channel=True for a per-channel mask)" if channels == in_channels else ""
+        raise PConvError(
+            f"mask_in: expected 1 channel with multi_channel=False, got {channels} channels "
+            f"in a mask of shape {_shape(mask)}{hint}"
+        )
+    if layout is MaskLayout.MULTI and channels != in_channels:
+        raise PConvError(
+            f"mask_in: expected {in_channels} channels (in_channels) with multi_channel=True, "
+            f"got {channels} channels in a mask of shape {_shape(mask)}"
+        )
+    if _is_integer(mask):
+        low, high = torch.aminmax(mask)
+        if low < 0 or high > 1:
+            raise PConvError(
+                f"mask_in: an integer mask must hold only 0 (hole) and 1 (valid), got values in "
+                f"[{int(low)}, {int(high)}]; divide a 0/255 image mask by 255 or compare it with > 0"
+            )
+    return layout
+
+
+def _is_integer(t: Tensor) -> bool:
+    return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+
+
+def count_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the counts and ratios are computed in: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def valid_count(
+    valid: Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: str | Sequence[int],
+    dilation: Sequence[int],
+) -> Tensor:
+    """Count the valid pixels under each window of a one-channel map.
+
+    Shape:
+        valid: ``(B|1, 1, *S)``, in float32 or float64; returns ``(B|1, 1, *S')`` of exact
+        integers (for 0/1 maps) in the same dtype.
+
+    Zero padding always, as in NVIDIA's layer, whatever the layer's padding_mode: padded pixels
+    are holes. Runs without grad and with autocast off (CPU autocast would compute it in bfloat16,
+    where counts above 256 are inexact).
+    """
+    ones = torch.ones((1, 1, *kernel_size), dtype=valid.dtype, device=valid.device)
+    with torch.no_grad(), torch.autocast(valid.device.type, enabled=False):
+        return _CONV[len(kernel_size)](valid, ones, None, stride, padding, dilation)
+
+
+def channels_per_pixel(layout: MaskLayout, in_channels: int, multi_channel: bool) -> int:
+    """How many input entries one pixel of the valid map stands for, as NVIDIA counts them.
+
+    NVIDIA's multi-channel layer sums its mask over all ``C_in`` channels; its single-channel
+    layer counts a pixel once. A SHARED mask is NVIDIA's multi-channel mask, expanded.
+    """
+    if layout is MaskLayout.SINGLE or (layout is MaskLayout.NONE and not multi_channel):
+        return 1
+    return in_channels
+
+
+def valid_map(mask: Tensor, layout: MaskLayout, in_channels: int, dtype: torch.dtype) -> Tensor:
+    """The number of valid input entries at each pixel: the mask collapsed to one channel.
+
+    Shape:
+        mask: ``(B|1, *S)`` (SHARED), ``(B|1, 1, *S)`` (SINGLE) or ``(B|1, C_in, *S)`` (MULTI);
+        returns ``(B|1, 1, *S)`` in ``dtype``. Summing a multi-channel mask over its channels is
+        what NVIDIA's ``(C_out, C_in, *k)`` ones kernel does for every output channel, and it is
+        exact for 0/1 masks; a SHARED mask stands for ``C_in`` equal channels.
+    """
+    if layout is MaskLayout.SHARED:
+        return mask.unsqueeze(1).to(dtype) * in_channels
+    if layout is MaskLayout.MULTI:
+        return mask.sum(1, keepdim=True, dtype=dtype)
+    return mask.to(dtype)
+
+
+def ratio_and_update(count: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """NVIDIA's mask ratio and update mask from window counts (see the module docstring).
+
+    ``count`` and ``window`` must be at NVIDIA's scale for the layout (the count summed over the
+    channels the window spans), so that the division rounds exactly as the reference's does.
+    """
+    with torch.no_grad():
+        update = count.clamp(0, 1)
+        ratio = torch.where(count > 0, window / (count + EPS) * update, 0.0)
+    return ratio, update
+
+
+def window_size(kernel_size: Sequence[int], multiplicity: int) -> int:
+    """The number of mask entries a window spans: multiplicity * prod(kernel_size)."""
+    return multiplicity * math.prod(kernel_size)

@@ -1,0 +1,369 @@
+"""Partial convolutions (Liu et al., 2018) as subclasses of ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
+from torch.nn.modules.conv import _ConvNd
+
+from .masks import (
+    MaskLayout,
+    PConvError,
+    channels_per_pixel,
+    check_input,
+    count_dtype,
+    ratio_and_update,
+    read_layout,
+    valid_count,
+    valid_map,
+    window_size,
+)
+
+if TYPE_CHECKING:
+    from tensor_type import Tensor3d, Tensor4d, Tensor5d
+
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+
+__all__ = ["PConv1d", "PConv2d", "PConv3d", "PartialConv1d", "PartialConv2d", "PartialConv3d"]
+
+# Distinct spatial sizes (times devices, dtypes, grad modes) whose mask=None ratio is kept.
+_CACHE_SIZE = 8
+
+_MASK_ARITHMETIC = """
+    The mask arithmetic, for a mask of 1 (valid) and 0 (hole), per output pixel::
+
+        count  = valid input entries under the window   (one no-grad convolution, exact integers)
+        ratio  = window_size / (count + 1e-8)  where count > 0, else 0
+        update = clamp(count, 0, 1)                      (the mask returned for the next layer)
+        output = conv(input * mask, weight) * ratio + bias * update
+"""
+
+
+class _PartialConvNd(_ConvNd):
+    """The partial logic of PConv1d/2d/3d, written once. Not a layer on its own."""
+
+    multi_channel: bool
+    return_mask: bool
+    legacy_behaviour: bool
+    _ratio_cache: dict[tuple[Any, ...], tuple[Tensor, Tensor]]
+    _defaults: ClassVar[dict[str, bool]] = {"multi_channel": False, "return_mask": True, "legacy_behaviour": False}
+
+    if TYPE_CHECKING:
+
+        def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor: ...
+
+    def _init_partial(self, multi_channel: bool, return_mask: bool, legacy_behaviour: bool) -> None:
+        for name, value in (
+            ("multi_channel", multi_channel),
+            ("return_mask", return_mask),
+            ("legacy_behaviour", legacy_behaviour),
+        ):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected a bool, got {value!r}")
+        self.multi_channel = multi_channel
+        self.return_mask = return_mask
+        self.legacy_behaviour = legacy_behaviour
+        # mask=None ratios, keyed on everything they depend on. A plain dict: replicas made by
+        # nn.parallel.replicate share it, which is correct because the key holds the device.
+        self._ratio_cache = {}
+
+    def _partial_forward(self, input: Tensor, mask_in: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
+        check_input(input, len(self.kernel_size))
+        if mask_in is None:
+            layout = MaskLayout.NONE
+            ratio, update = self._padding_ratio(input)
+            masked = input
+        else:
+            mask = mask_in.detach()  # the mask is a constant: no gradient flows to it
+            layout = read_layout(mask, input, self.in_channels, self.multi_channel)
+            ratio, update = self._ratio_and_update(
+                valid_map(mask, layout, self.in_channels, count_dtype(input.dtype)), layout
+            )
+            if mask.is_floating_point() and mask.dtype != input.dtype:
+                mask = mask.to(input.dtype)  # bool and integer masks promote without a copy
+            masked = input * (mask.unsqueeze(1) if layout is MaskLayout.SHARED else mask)
+
+        output = self._scaled_conv(masked, ratio, update)
+        if not self.return_mask:
+            return output
+        return output, self._returned_mask(update, layout, input, mask_in)
+
+    def _ratio_and_update(self, valid: Tensor, layout: MaskLayout) -> tuple[Tensor, Tensor]:
+        count = valid_count(valid, self.kernel_size, self.stride, self.padding, self.dilation)
+        channels = channels_per_pixel(layout, self.in_channels, self.multi_channel)
+        return ratio_and_update(count, window_size(self.kernel_size, channels))
+
+    def _padding_ratio(self, input: Tensor) -> tuple[Tensor, Tensor]:
+        """Ratio and update for mask=None: a function of the spatial size alone, so cached."""
+        dtype = count_dtype(input.dtype)
+        if torch.compiler.is_compiling():  # let the compiler see (and fold) the computation
+            return self._ratio_and_update(self._all_valid(input, dtype), MaskLayout.NONE)
+        key = (input.shape[2:], input.device, dtype, torch.is_inference_mode_enabled())
+        cached = self._ratio_cache.get(key)
+        if cached is None:
+            cached = self._ratio_and_update(self._all_valid(input, dtype), MaskLayout.NONE)
+            if len(self._ratio_cache) >= _CACHE_SIZE:
+                self._ratio_cache.pop(next(iter(self._ratio_cache)), None)
+            self._ratio_cache[key] = cached
+        return cached
+
+    def _all_valid(self, input: Tensor, dtype: torch.dtype) -> Tensor:
+        """The valid map of mask=None: every entry valid, at NVIDIA's scale (C_in with multi_channel)."""
+        channels = channels_per_pixel(MaskLayout.NONE, self.in_channels, self.multi_channel)
+        return torch.full((1, 1, *input.shape[2:]), channels, dtype=dtype, device=input.device)
+
+    def _scaled_conv(self, masked: Tensor, ratio: Tensor, update: Tensor) -> Tensor:
+        """The weight convolution, once, and the ratio and bias applied in place on its output."""
+        bias = self.bias
+        if self.legacy_behaviour:  # NVIDIA's order of operations, bit for bit
+            output = self._conv_forward(masked, self.weight, bias)
+            ratio = ratio.to(output.dtype)
+            if bias is None:
+                return output.mul_(ratio)
+            bias_view = bias.view(1, -1, *(1,) * len(self.kernel_size))
+            return output.sub_(bias_view).mul_(ratio).add_(bias_view).mul_(update.to(output.dtype))
+        # The bias never enters the convolution: (conv + b - b) would only add rounding.
+        output = self._conv_forward(masked, self.weight, None)
+        if bias is None:
+            return output.mul_(ratio.to(output.dtype))
+        update = update.to(output.dtype)
+        # NVIDIA multiplies by the update twice when there is a bias: a no-op for 0/1 masks,
+        # kept so fractional masks follow its arithmetic.
+        scale = ratio.to(output.dtype) * update
+        bias_view = bias.view(1, -1, *(1,) * len(self.kernel_size))
+        return output.mul_(scale).addcmul_(bias_view, update)
+
+    def _returned_mask(self, update: Tensor, layout: MaskLayout, input: Tensor, mask_in: Tensor | None) -> Tensor:
+        """The update mask in the layout the mask came in, in the input's dtype."""
+        update = update.to(input.dtype, copy=mask_in is None)  # never hand out the cached tensor
+        if layout is MaskLayout.SHARED:
+            return update.squeeze(1)
+        if layout is MaskLayout.MULTI or (layout is MaskLayout.NONE and self.multi_channel):
+            batch = input.shape[0] if mask_in is None else update.shape[0]
+            return update.expand(batch, self.out_channels, *update.shape[2:])
+        return update
+
+    def get_weight(self) -> Tensor:
+        """The weight parameter (torch-pconv 0.1.1 API)."""
+        return self.weight
+
+    def set_weight(self, weight: Tensor) -> None:
+        """Copy ``weight`` into the weight parameter (torch-pconv 0.1.1 API)."""
+        if weight.shape != self.weight.shape:
+            raise PConvError(f"weight: expected shape {tuple(self.weight.shape)}, got {tuple(weight.shape)}")
+        with torch.no_grad():
+            self.weight.copy_(weight)
+
+    def get_bias(self) -> Tensor | None:
+        """The bias parameter, shape ``(out_channels,)``, or None (torch-pconv 0.1.1 API)."""
+        return self.bias
+
+    def set_bias(self, bias: Tensor) -> None:
+        """Copy ``bias`` into the bias parameter; any shape of ``out_channels`` elements, such as
+        0.1.1's ``(1, out_channels, 1, 1)`` (torch-pconv 0.1.1 API)."""
+        if self.bias is None:
+            raise PConvError("bias: this layer was built with bias=False")
+        if bias.numel() != self.out_channels:
+            raise PConvError(f"bias: expected {self.out_channels} elements, got shape {tuple(bias.shape)}")
+        with torch.no_grad():
+            self.bias.copy_(bias.reshape(self.out_channels))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # torch-pconv 0.1.1 kept the weight in a sub-convolution, the ones kernel of its mask
+        # convolution as a parameter, and the bias as (1, out_channels, 1, 1).
+        legacy_weight = state_dict.pop(prefix + "regular_conv.weight", None)
+        if legacy_weight is not None:
+            state_dict[prefix + "weight"] = legacy_weight
+            state_dict.pop(prefix + "mask_conv.weight", None)
+            legacy_bias = state_dict.get(prefix + "bias")
+            if legacy_bias is not None:
+                state_dict[prefix + "bias"] = legacy_bias.reshape(-1)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        self._ratio_cache = {}  # .to(), .cuda(), .half(): start afresh rather than keep dead entries
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies carry no cached tensors; they are rebuilt on first use.
+        state = dict(super().__getstate__())  # type: ignore[no-untyped-call]
+        state["_ratio_cache"] = {}
+        return state
+
+    def extra_repr(self) -> str:
+        flags = ", ".join(
+            f"{name}={getattr(self, name)}"
+            for name in ("multi_channel", "return_mask", "legacy_behaviour")
+            if getattr(self, name) != self._defaults[name]
+        )
+        base: str = super().extra_repr()  # type: ignore[no-untyped-call]
+        return base + (", " + flags if flags else "")
+
+
+class PConv1d(_PartialConvNd, nn.Conv1d):
+    __doc__ = f"""A partial convolution over 1-D signals, a subclass of ``nn.Conv1d``.
+
+    Takes ``nn.Conv1d``'s arguments, plus keyword-only ``multi_channel``, ``return_mask`` and
+    ``legacy_behaviour`` as in :class:`PConv2d`.
+    {_MASK_ARITHMETIC}
+    Shape:
+        - input: ``(B, C_in, L)``
+        - mask_in: None, ``(B|1, L)``, ``(B|1, 1, L)``, or ``(B|1, C_in, L)`` with multi_channel
+        - output: ``(B, C_out, L')``, and with return_mask the update mask in the mask's layout
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _size_1_t,
+        stride: _size_1_t = 1,
+        padding: str | _size_1_t = 0,
+        dilation: _size_1_t = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        multi_channel: bool = False,
+        return_mask: bool = True,
+        legacy_behaviour: bool = False,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
+        )
+        self._init_partial(multi_channel, return_mask, legacy_behaviour)
+
+    def forward(self, input: Tensor3d, mask_in: Tensor | None = None) -> Tensor3d | tuple[Tensor3d, Tensor]:  # type: ignore[override]
+        return self._partial_forward(input, mask_in)
+
+
+class PConv2d(_PartialConvNd, nn.Conv2d):
+    __doc__ = f"""A partial convolution over images, a subclass of ``nn.Conv2d``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+        padding_mode, device, dtype: as for ``nn.Conv2d``. ``padding_mode`` pads the input of the
+            weight convolution; the mask is always zero-padded (padding counts as holes).
+        multi_channel: a 4-D mask has one channel per input channel (NVIDIA's flag).
+        return_mask: return ``(output, update_mask)`` rather than the output alone.
+        legacy_behaviour: add the bias inside the convolution and remove it again, as NVIDIA's
+            layer does, to match its float32 forward bit for bit.
+    {_MASK_ARITHMETIC}
+    The window size is ``C_in * kH * kW`` for a multi-channel mask or a 3-D mask (which stands
+    for the same mask on every channel), ``kH * kW`` for a single-channel mask.
+
+    Shape:
+        - input: ``(B, C_in, H, W)``, floating point
+        - mask_in: 1 valid, 0 hole; float, bool or 0/1 integer; one of
+            - None: partial-convolution-based padding; the update mask is
+              ``(1, 1, H', W')``, or ``(B, C_out, H', W')`` with multi_channel
+            - ``(B|1, H, W)``: the same mask for every input channel (torch-pconv 0.1.1);
+              update mask ``(B|1, H', W')``
+            - ``(B|1, 1, H, W)``: NVIDIA's single-channel mask; update mask ``(B|1, 1, H', W')``
+            - ``(B|1, C_in, H, W)`` with multi_channel=True: update mask ``(B|1, C_out, H', W')``,
+              an expanded view of one channel (in-place edits of it raise)
+        - output: ``(B, C_out, H', W')``, as for ``nn.Conv2d``
+
+    Examples::
+
+        >>> layer = PConv2d(3, 16, 3, padding=1)
+        >>> out, mask = layer(image, mask)  # image (B, 3, H, W), mask (B, H, W) or (B, 1, H, W)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _size_2_t,
+        stride: _size_2_t = 1,
+        padding: str | _size_2_t = 0,
+        dilation: _size_2_t = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        multi_channel: bool = False,
+        return_mask: bool = True,
+        legacy_behaviour: bool = False,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
+        )
+        self._init_partial(multi_channel, return_mask, legacy_behaviour)
+
+    def forward(self, input: Tensor4d, mask_in: Tensor | None = None) -> Tensor4d | tuple[Tensor4d, Tensor]:  # type: ignore[override]
+        return self._partial_forward(input, mask_in)
+
+
+class PConv3d(_PartialConvNd, nn.Conv3d):
+    __doc__ = f"""A partial convolution over volumes, a subclass of ``nn.Conv3d``.
+
+    Takes ``nn.Conv3d``'s arguments, plus keyword-only ``multi_channel``, ``return_mask`` and
+    ``legacy_behaviour`` as in :class:`PConv2d`.
+    {_MASK_ARITHMETIC}
+    Shape:
+        - input: ``(B, C_in, D, H, W)``
+        - mask_in: None, ``(B|1, D, H, W)``, ``(B|1, 1, D, H, W)``, or ``(B|1, C_in, D, H, W)``
+          with multi_channel
+        - output: ``(B, C_out, D', H', W')``, and with return_mask the update mask in the
+          mask's layout
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _size_3_t,
+        stride: _size_3_t = 1,
+        padding: str | _size_3_t = 0,
+        dilation: _size_3_t = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        multi_channel: bool = False,
+        return_mask: bool = True,
+        legacy_behaviour: bool = False,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
+        )
+        self._init_partial(multi_channel, return_mask, legacy_behaviour)
+
+    def forward(self, input: Tensor5d, mask_in: Tensor | None = None) -> Tensor5d | tuple[Tensor5d, Tensor]:  # type: ignore[override]
+        return self._partial_forward(input, mask_in)
+
+
+class PartialConv1d(PConv1d):
+    """:class:`PConv1d` with NVIDIA's default ``return_mask=False``."""
+
+    def __init__(self, *args: Any, return_mask: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, return_mask=return_mask, **kwargs)
+
+
+class PartialConv2d(PConv2d):
+    """A drop-in for NVIDIA's ``PartialConv2d``: :class:`PConv2d` with ``return_mask=False``.
+
+    Same constructor, parameters, state_dict keys, forward signature, mask shapes and return
+    values as NVIDIA's class: ``PartialConv2d(*conv2d_args, multi_channel=False,
+    return_mask=False)`` and ``forward(input, mask_in=None)``.
+    """
+
+    def __init__(self, *args: Any, return_mask: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, return_mask=return_mask, **kwargs)
+
+
+class PartialConv3d(PConv3d):
+    """A drop-in for NVIDIA's ``PartialConv3d``: :class:`PConv3d` with ``return_mask=False``."""
+
+    def __init__(self, *args: Any, return_mask: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, return_mask=return_mask, **kwargs)
