@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 __all__ = ["Comparison", "compare", "relative_error"]
 
@@ -49,11 +51,15 @@ class Comparison:
         return self.mask_equal and all(self.errors[k] <= self.tolerances[k] for k in self.errors)
 
     def failures(self) -> list[str]:
-        bad = [f"{k}: {self.errors[k]:.3g} > {self.tolerances[k]:.3g}" for k in self.errors if not self.errors[k] <= self.tolerances[k]]
+        bad = [
+            f"{k}: {self.errors[k]:.3g} > {self.tolerances[k]:.3g}"
+            for k in self.errors
+            if not self.errors[k] <= self.tolerances[k]
+        ]
         return bad + ([] if self.mask_equal else ["returned mask differs"])
 
 
-def _abs_conv_grads(conv: nn.Module, input: Tensor, weight: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+def _abs_conv_grads(conv: Any, input: Tensor, weight: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
     """The input and weight gradients of ``conv`` computed on absolute values: sum |a| |b|."""
     x = input.detach().abs().requires_grad_()
     w = weight.detach().abs().requires_grad_()
@@ -64,8 +70,8 @@ def _abs_conv_grads(conv: nn.Module, input: Tensor, weight: Tensor, grad: Tensor
 
 
 def compare(
-    ours: nn.Module,
-    ref: nn.Module,
+    ours: Any,
+    ref: Any,
     input: Tensor,
     mask: Tensor | None = None,
     ref_mask: Tensor | None = None,
@@ -91,14 +97,16 @@ def compare(
     out_ref.backward(grad)
 
     cmp = Comparison()
-    cmp.mask_equal = mask_ours.dtype == mask_ref.dtype and torch.equal(_to_reference_layout(mask_ours, mask_ref), mask_ref)
-    pairs: dict[str, tuple[Tensor, Tensor]] = {
+    cmp.mask_equal = mask_ours.dtype == mask_ref.dtype and torch.equal(
+        _to_reference_layout(mask_ours, mask_ref), mask_ref
+    )
+    pairs: dict[str, tuple[Any, Any]] = {
         "output": (out_ours, out_ref),
-        "grad_input": (x_ours.grad, x_ref.grad),  # type: ignore[dict-item]
-        "grad_weight": (ours.weight.grad, ref.weight.grad),  # type: ignore[dict-item]
+        "grad_input": (x_ours.grad, x_ref.grad),
+        "grad_weight": (ours.weight.grad, ref.weight.grad),
     }
     if ref.bias is not None:
-        pairs["grad_bias"] = (ours.bias.grad, ref.bias.grad)  # type: ignore[union-attr]
+        pairs["grad_bias"] = (ours.bias.grad, ref.bias.grad)
     for name, (a, b) in pairs.items():
         cmp.errors[name] = relative_error(a, b)
 
@@ -116,8 +124,12 @@ def compare(
         cmp.tolerances["output"] = (4 * u * (2 * out_ref.detach().abs() + b * (1 + ratio)).max() / ref_max).item()
     masked = input if ref_mask is None else input * ref_mask
     mag_input, mag_weight = _abs_conv_grads(ref, masked, ref.weight, grad * ratio)
-    for name, mag, exact in (("grad_input", mag_input, x_ref.grad), ("grad_weight", mag_weight, ref.weight.grad)):
-        scale = exact.abs().max().clamp_min(torch.finfo(input.dtype).tiny)  # type: ignore[union-attr]
+    magnitudes: list[tuple[str, Tensor, Any]] = [
+        ("grad_input", mag_input, x_ref.grad),
+        ("grad_weight", mag_weight, ref.weight.grad),
+    ]
+    for name, mag, exact in magnitudes:
+        scale = exact.abs().max().clamp_min(torch.finfo(input.dtype).tiny)
         cmp.tolerances[name] = (4 * u * mag.max() / scale).item()
     if ref.bias is not None:
         leftover = (grad * ratio).abs().sum(dim=[d for d in range(grad.dim()) if d != 1])

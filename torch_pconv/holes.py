@@ -33,12 +33,12 @@ def rectangle_holes(
     spatial = shape[len(shape) - spatial_dims :]
     for index in _leading(shape[: len(shape) - spatial_dims]):
         for _ in range(count):
-            box = []
+            box: list[slice] = []
             for side in spatial:
                 size = 1 + int(torch.randint(max(1, int(side * max_size)), (1,), generator=generator))
                 start = int(torch.randint(max(1, side - size + 1), (1,), generator=generator))
                 box.append(slice(start, start + size))
-            mask[(*index, *box)] = 0
+            mask[index + tuple(box)] = 0
     return mask
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "channels_per_pixel",
     "check_input",
     "count_dtype",
+    "mask_input",
     "ratio_and_update",
     "read_layout",
     "valid_count",
@@ -133,6 +134,19 @@ def _is_integer(t: Tensor) -> bool:
 def count_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the counts and ratios are computed in: float64 for float64, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def mask_input(input: Tensor, mask: Tensor) -> Tensor:
+    """``input * mask``, except that what lies under a 0 never gets through, not even NaN or inf.
+
+    Shape:
+        mask: broadcastable to ``input``; float (0/1 or fractional), bool, or 0/1 integer.
+    """
+    if mask.dtype == torch.bool:
+        return torch.where(mask, input, 0)
+    masked = torch.where(mask != 0, input, 0)  # NaN * 0 is NaN: select first
+    # Fractional masks scale what they let through; for 0/1 masks this multiply is exact.
+    return masked.mul_(mask) if mask.is_floating_point() else masked
 
 
 def valid_count(

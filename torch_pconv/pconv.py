@@ -15,6 +15,7 @@ from .masks import (
     channels_per_pixel,
     check_input,
     count_dtype,
+    mask_input,
     ratio_and_update,
     read_layout,
     valid_count,
@@ -75,21 +76,43 @@ class _PartialConvNd(_ConvNd):
         if mask_in is None:
             layout = MaskLayout.NONE
             ratio, update = self._padding_ratio(input)
-            masked = input
+            output = self._scaled_conv(input, ratio, update)
         else:
             mask = mask_in.detach()  # the mask is a constant: no gradient flows to it
             layout = read_layout(mask, input, self.in_channels, self.multi_channel)
-            ratio, update = self._ratio_and_update(
-                valid_map(mask, layout, self.in_channels, count_dtype(input.dtype)), layout
-            )
-            if mask.is_floating_point() and mask.dtype != input.dtype:
-                mask = mask.to(input.dtype)  # bool and integer masks promote without a copy
-            masked = input * (mask.unsqueeze(1) if layout is MaskLayout.SHARED else mask)
-
-        output = self._scaled_conv(masked, ratio, update)
+            valid = valid_map(mask, layout, self.in_channels, count_dtype(input.dtype))
+            ratio, update = self._ratio_and_update(valid, layout)
+            output = self._masked_conv(input, mask.unsqueeze(1) if layout is MaskLayout.SHARED else mask, ratio, update)
         if not self.return_mask:
             return output
         return output, self._returned_mask(update, layout, input, mask_in)
+
+    def _masked_conv(self, input: Tensor, mask: Tensor, ratio: Tensor, update: Tensor) -> Tensor:
+        """The partial convolution of ``input`` under ``mask`` (broadcastable to it)."""
+        masked = mask_input(input, mask)
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._scaled_conv(masked, ratio, update)
+        # Autograd would keep the masked input, a full-size copy, for the weight gradient. Keep
+        # the input instead (which the layer before usually keeps anyway, as a ReLU keeps its
+        # output) and the small mask, and recompute the masked input in backward: it is exact.
+        # The hook matches the masked input by id, so that it holds no reference to it.
+        masked_id, version = id(masked), input._version
+
+        def pack(saved: Tensor) -> Tensor | None:
+            return None if id(saved) == masked_id else saved
+
+        def unpack(saved: Tensor | None) -> Tensor:
+            if saved is not None:
+                return saved
+            if input._version != version:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by an inplace "
+                    f"operation: the input of {type(self).__name__} (version {input._version}, expected {version})"
+                )
+            return mask_input(input, mask)
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            return self._scaled_conv(masked, ratio, update)
 
     def _ratio_and_update(self, valid: Tensor, layout: MaskLayout) -> tuple[Tensor, Tensor]:
         count = valid_count(valid, self.kernel_size, self.stride, self.padding, self.dilation)
