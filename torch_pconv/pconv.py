@@ -78,8 +78,8 @@ class _PartialConvNd(_ConvNd):
             ratio, update = self._padding_ratio(input)
             output = self._scaled_conv(input, ratio, update)
         else:
+            layout = read_layout(mask_in, input, self.in_channels, self.multi_channel)
             mask = mask_in.detach()  # the mask is a constant: no gradient flows to it
-            layout = read_layout(mask, input, self.in_channels, self.multi_channel)
             valid = valid_map(mask, layout, self.in_channels, count_dtype(input.dtype))
             ratio, update = self._ratio_and_update(valid, layout)
             output = self._masked_conv(input, mask.unsqueeze(1) if layout is MaskLayout.SHARED else mask, ratio, update)
@@ -369,6 +369,8 @@ class PConv3d(_PartialConvNd, nn.Conv3d):
 class PartialConv1d(PConv1d):
     """:class:`PConv1d` with NVIDIA's default ``return_mask=False``."""
 
+    _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
+
     def __init__(self, *args: Any, return_mask: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, return_mask=return_mask, **kwargs)
 
@@ -381,12 +383,16 @@ class PartialConv2d(PConv2d):
     return_mask=False)`` and ``forward(input, mask_in=None)``.
     """
 
+    _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
+
     def __init__(self, *args: Any, return_mask: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, return_mask=return_mask, **kwargs)
 
 
 class PartialConv3d(PConv3d):
     """A drop-in for NVIDIA's ``PartialConv3d``: :class:`PConv3d` with ``return_mask=False``."""
+
+    _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
 
     def __init__(self, *args: Any, return_mask: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, return_mask=return_mask, **kwargs)

@@ -1,0 +1,387 @@
+"""The mask=None ratio cache: correct across sizes, dtypes and grad modes, bounded, never aliased,
+never stale (unlike NVIDIA's), and safe under deepcopy, pickling, .to() and replication."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from torch_pconv import PConv2d
+from torch_pconv import reference as nvidia
+from torch_pconv.pconv import _CACHE_SIZE
+
+IN, OUT = 3, 4
+# float64 must agree to 1e-12 normwise; float32 to a few units of roundoff (the reference adds
+# and removes the bias, which the default path does not).
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+def _layer(multi_channel: bool = False, bias: bool = True, legacy: bool = False, seed: int = 0) -> PConv2d:
+    """A layer whose mask=None ratio is not all ones (padding 2, dilation 2), with seeded weights."""
+    layer = PConv2d(
+        IN, OUT, 3, padding=2, dilation=(1, 2), bias=bias, multi_channel=multi_channel, legacy_behaviour=legacy
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    return layer
+
+
+def _image(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, seed: int = 1) -> Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def _fresh_reference(layer: PConv2d, dtype: torch.dtype) -> nvidia.PartialConv2d:
+    """A new NVIDIA layer with ``layer``'s configuration and weights: its cache cannot be stale."""
+    ref = nvidia.PartialConv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        layer.groups,
+        layer.bias is not None,
+        layer.padding_mode,
+        multi_channel=layer.multi_channel,
+        return_mask=True,
+    )
+    ref.load_state_dict(layer.state_dict())
+    return ref.to(dtype)
+
+
+def _normwise(ours: Tensor, ref: Tensor) -> float:
+    ours, ref = ours.detach().double(), ref.detach().double()
+    return float((ours - ref).abs().max() / ref.abs().max())
+
+
+def _assert_matches(layer: PConv2d, out: Tensor, mask: Tensor, x: Tensor) -> None:
+    """``layer(x)`` returned (out, mask): check it against a fresh reference."""
+    with torch.no_grad():
+        ref_out, ref_mask = _fresh_reference(layer, x.dtype)(x.detach())
+    assert out.shape == ref_out.shape and out.dtype == ref_out.dtype
+    assert torch.equal(mask, ref_mask.expand_as(mask)) and mask.shape == ref_mask.shape
+    if layer.legacy_behaviour:
+        assert torch.equal(out, ref_out)
+    else:
+        assert _normwise(out, ref_out) <= TOLERANCE[x.dtype]
+
+
+def _reference_grads(layer: PConv2d, x: Tensor) -> list[Tensor]:
+    ref = _fresh_reference(layer, x.dtype)
+    x = x.detach().requires_grad_()
+    ref(x)[0].square().sum().backward()
+    return [x.grad, *(p.grad for p in ref.parameters())]
+
+
+def _grads(layer: PConv2d, x: Tensor) -> list[Tensor]:
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    out, mask = layer(x)
+    _assert_matches(layer, out, mask, x)
+    out.square().sum().backward()
+    return [x.grad, *(p.grad for p in layer.parameters())]
+
+
+def _tensors(obj: object) -> Iterator[Tensor]:
+    """Every tensor reachable from ``obj`` through dicts, lists and tuples."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
+def _cached_tensors(layer: PConv2d) -> list[Tensor]:
+    return list(_tensors(layer._ratio_cache))
+
+
+# --- Correctness across calls --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("multi_channel", [False, True])
+def test_changing_sizes(legacy, multi_channel):
+    layer = _layer(multi_channel=multi_channel, legacy=legacy)
+    # Sizes come back after others, batches change at a fixed size (NVIDIA keys on the batch too).
+    for batch, h, w in [(2, 6, 7), (2, 9, 5), (1, 6, 7), (3, 6, 7), (2, 9, 5), (1, 4, 4), (2, 6, 7)]:
+        x = _image((batch, IN, h, w), seed=h * w + batch)
+        out, mask = layer(x)
+        _assert_matches(layer, out, mask, x)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_changing_dtypes(legacy):
+    layer = _layer(legacy=legacy)
+    for dtype in [torch.float32, torch.float64, torch.float32, torch.float64]:
+        layer.to(dtype)
+        for size in [(5, 6), (8, 8)]:
+            x = _image((2, IN, *size), dtype)
+            out, mask = layer(x)
+            assert mask.dtype == dtype
+            _assert_matches(layer, out, mask, x)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("multi_channel", [False, True])
+def test_grad_modes_then_a_training_step(bias, multi_channel):
+    # Inference tensors cannot be saved for backward: a ratio cached under inference_mode must not
+    # reach a training call (the no-bias path saves the ratio itself, the bias path the update).
+    layer = _layer(multi_channel=multi_channel, bias=bias).double()
+    x = _image((2, IN, 7, 6), torch.float64)
+    # inference_mode first: a cache keyed without the mode would hand its tensors to every later call.
+    for context in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        with context():
+            out, mask = layer(x)
+        _assert_matches(layer, out, mask, x)
+    expected = _reference_grads(layer, x)
+    for _ in range(2):  # the second step uses the training-mode cache entry
+        for ours, ref in zip(_grads(layer, x), expected, strict=True):
+            assert _normwise(ours, ref) <= 1e-12
+        with torch.inference_mode():
+            layer(x)
+
+
+def test_training_step_first_then_inference():
+    layer = _layer().double()
+    x = _image((2, IN, 6, 6), torch.float64)
+    _grads(layer, x)
+    with torch.inference_mode():
+        out, mask = layer(x)
+    assert out.is_inference()
+    _assert_matches(layer, out, mask, x)
+
+
+def test_masked_calls_do_not_touch_the_cache():
+    layer = _layer()
+    x = _image((2, IN, 6, 6))
+    layer(x)
+    before = [t.clone() for t in _cached_tensors(layer)]
+    mask = (torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    layer(x, mask)
+    after = _cached_tensors(layer)
+    assert len(after) == len(before)
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+def test_nvidia_stale_cache_is_not_reproduced():
+    x = _image((2, IN, 6, 6))
+    mask = torch.ones(2, 1, 6, 6)
+    mask[:, :, 1:5, 1:5] = 0
+    fresh_out, fresh_mask = _fresh_reference(_layer(), x.dtype)(x)
+
+    # The reference, after a masked call, reuses that call's ratio for mask=None at the same shape.
+    ref = _fresh_reference(_layer(), x.dtype)
+    ref(x, mask)
+    stale_out, stale_mask = ref(x)
+    assert not torch.equal(stale_mask, fresh_mask)  # the bug this test guards against
+
+    layer = _layer()
+    for _ in range(2):
+        layer(x, mask)
+        out, update = layer(x)
+        assert torch.equal(update, fresh_mask)
+        assert _normwise(out, fresh_out) <= TOLERANCE[x.dtype]
+        assert _normwise(out, stale_out) > 1e-3
+
+
+def test_cache_is_bounded_and_stays_correct_after_eviction():
+    layer = _layer(legacy=True)
+    sizes = [(4 + i % 5, 4 + i // 5) for i in range(3 * _CACHE_SIZE)]
+    for size in sizes:
+        x = _image((1, IN, *size))
+        out, mask = layer(x)
+        assert len(layer._ratio_cache) <= _CACHE_SIZE
+    assert len(layer._ratio_cache) == _CACHE_SIZE  # the bound is reached, not exceeded
+    for size in sizes[:3]:  # evicted long ago
+        x = _image((1, IN, *size))
+        out, mask = layer(x)
+        _assert_matches(layer, out, mask, x)
+
+
+# --- Aliasing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_returned_mask_never_aliases_the_cache(dtype, legacy):
+    layer = _layer(legacy=legacy).to(dtype)
+    x = _image((2, IN, 6, 6), dtype)
+    out, mask = layer(x)
+    expected_out, expected_mask = out.clone(), mask.clone()
+    cached = {t.untyped_storage().data_ptr() for t in _cached_tensors(layer)}
+    assert mask.untyped_storage().data_ptr() not in cached
+    assert out.untyped_storage().data_ptr() not in cached
+    # A user's in-place edits of what was returned cannot corrupt later calls.
+    mask.fill_(7)
+    out.zero_()
+    out2, mask2 = layer(x)
+    assert torch.equal(mask2, expected_mask)
+    assert torch.equal(out2, expected_out)
+
+
+def test_multi_channel_returned_mask_without_a_mask_is_read_only():
+    layer = _layer(multi_channel=True)
+    x = _image((2, IN, 6, 6))
+    out, mask = layer(x)
+    assert mask.shape == out.shape
+    expected = mask.clone()
+    with pytest.raises(RuntimeError, match="more than one element"):
+        mask.add_(1)  # an expanded view of one channel (fill_, which writes one value, is allowed)
+    assert torch.equal(layer(x)[1], expected)
+
+
+# --- Copies and replicas -------------------------------------------------------------------------
+
+
+def _warm(layer: PConv2d, dtype: torch.dtype = torch.float32) -> None:
+    for size in [(5, 6), (6, 6)]:
+        layer(_image((2, IN, *size), dtype))
+    assert len(layer._ratio_cache) == 2
+
+
+def _check_copy(original: PConv2d, clone: PConv2d) -> None:
+    assert clone is not original
+    assert clone._ratio_cache is not original._ratio_cache
+    assert clone._ratio_cache == {}  # no tensors carried over; rebuilt on first use
+    for size in [(5, 6), (7, 5)]:
+        x = _image((2, IN, *size))
+        out, mask = clone(x)
+        _assert_matches(clone, out, mask, x)
+        assert torch.equal(out, original(x)[0])
+    # Independent afterwards: changing the copy's weights leaves the original alone.
+    with torch.no_grad():
+        clone.weight.zero_()
+    x = _image((2, IN, 5, 6))
+    out, mask = original(x)
+    _assert_matches(original, out, mask, x)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_deepcopy(legacy):
+    layer = _layer(legacy=legacy)
+    _warm(layer)
+    _check_copy(layer, copy.deepcopy(layer))
+
+
+def test_deepcopy_of_a_parent_module():
+    model = nn.Sequential(_layer())
+    _warm(model[0])
+    _check_copy(model[0], copy.deepcopy(model)[0])
+
+
+def test_pickle_round_trip():
+    layer = _layer()
+    _warm(layer)
+    _check_copy(layer, pickle.loads(pickle.dumps(layer)))
+
+
+def test_torch_save_round_trip():
+    layer = _layer()
+    _warm(layer)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    _check_copy(layer, torch.load(buffer, weights_only=False))
+
+
+@pytest.mark.parametrize("multi_channel", [False, True])
+def test_to_another_dtype_drops_the_cache(multi_channel):
+    layer = _layer(multi_channel=multi_channel)
+    _warm(layer)
+    layer.to(torch.float64)
+    assert layer._ratio_cache == {}
+    for size in [(5, 6), (6, 6)]:
+        x = _image((2, IN, *size), torch.float64)
+        out, mask = layer(x)
+        _assert_matches(layer, out, mask, x)
+    assert all(t.dtype == torch.float64 for t in _cached_tensors(layer))
+
+
+def _replicas(module: nn.Module, count: int) -> list[nn.Module]:
+    """What nn.parallel.replicate makes of a leaf ``module``, on the CPU.
+
+    torch 2.13's replicate refuses CPU devices ("Expected a non cpu device"). Per replica, it calls
+    Module._replicate_for_data_parallel, which shallow-copies ``__dict__`` (so the replicas share
+    the cache dict with the module: the property under test), then sets each parameter as a
+    non-leaf copy that backpropagates into the original.
+    """
+    replicas = []
+    for _ in range(count):
+        replica = module._replicate_for_data_parallel()
+        for key, param in module._parameters.items():
+            if param is None:
+                replica._parameters[key] = None
+            else:
+                setattr(replica, key, param.clone())
+        replicas.append(replica)
+    return replicas
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_replicas_share_a_correct_cache(bias):
+    layer = _layer(bias=bias)
+    _warm(layer)
+    replicas = _replicas(layer, 2)
+    assert all(r._ratio_cache is layer._ratio_cache for r in replicas)
+    assert all(r.weight.grad_fn is not None for r in replicas)
+    # Interleaved calls, a new size first seen by a replica, then by the module and the other one.
+    for module, size in [(replicas[0], (5, 6)), (replicas[1], (9, 4)), (layer, (9, 4)), (replicas[0], (9, 4))]:
+        x = _image((2, IN, *size))
+        out, mask = module(x)
+        _assert_matches(layer, out, mask, x)
+    assert len(layer._ratio_cache) <= _CACHE_SIZE
+    # Training through a replica reaches the module's parameters, as under DataParallel.
+    x = _image((2, IN, 9, 4), torch.float64)
+    layer.double()
+    replica = _replicas(layer, 1)[0]
+    expected = _reference_grads(layer, x)
+    layer.zero_grad(set_to_none=True)
+    x.requires_grad_()
+    replica(x)[0].square().sum().backward()
+    for ours, ref in zip([x.grad, *(p.grad for p in layer.parameters())], expected, strict=True):
+        assert _normwise(ours, ref) <= 1e-12
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nn.parallel.replicate needs a CUDA device")
+def test_replicate_on_cuda():
+    layer = _layer().cuda()
+    x = _image((2, IN, 6, 7)).cuda()
+    expected = layer(x)
+    (replica,) = nn.parallel.replicate(layer, devices=[0])
+    for module in (replica, layer):
+        out, mask = module(x)
+        assert torch.equal(out, expected[0]) and torch.equal(mask, expected[1])
+
+
+# --- No batch tensors on the module --------------------------------------------------------------
+
+
+def test_no_batch_sized_tensors_are_kept_on_the_module():
+    batch = 7
+    x = _image((batch, IN, 5, 6))
+    mask = (torch.rand(batch, 1, 5, 6, generator=torch.Generator().manual_seed(4)) > 0.3).float()
+
+    # The scan finds what the reference keeps: its update mask of the last masked call.
+    ref = _fresh_reference(_layer(), x.dtype)
+    ref(x, mask)
+    assert any(t.shape[:1] == (batch,) for t in _tensors(vars(ref)))
+
+    for multi_channel in (False, True):
+        layer = _layer(multi_channel=multi_channel)
+        layer(x)
+        layer(x, mask.expand(-1, IN, -1, -1) if multi_channel else mask)
+        layer(x[:1], (mask[:1] > 0).squeeze(1))
+        layer(x.detach().requires_grad_())[0].sum().backward()
+        kept = [tuple(t.shape) for t in _tensors(vars(layer)) if t.dim() > 0 and t.shape[0] == batch]
+        assert kept == [], kept
