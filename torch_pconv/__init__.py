@@ -5,6 +5,7 @@
 >>> output, mask = layer(image, mask)   # mask: 1 valid, 0 hole
 """
 
+from .convert import convert
 from .masks import PConvError
 from .pconv import PartialConv1d, PartialConv2d, PartialConv3d, PConv1d, PConv2d, PConv3d
 
@@ -19,4 +20,5 @@ __all__ = [
     "PartialConv2d",
     "PartialConv3d",
     "__version__",
+    "convert",
 ]
