@@ -85,6 +85,8 @@ def compare(
     ``ours`` is loaded with ``ref``'s parameters. The output gradient is drawn from ``seed``.
     """
     ours.load_state_dict(ref.state_dict())
+    ours.zero_grad(set_to_none=True)  # gradients of an earlier call would add up
+    ref.zero_grad(set_to_none=True)
     ref_mask = mask if ref_mask is None else ref_mask
     x_ours = input.detach().clone().requires_grad_()
     x_ref = input.detach().clone().requires_grad_()
@@ -140,6 +142,6 @@ def compare(
 
 def _to_reference_layout(mask: Tensor, like: Tensor) -> Tensor:
     """Our returned mask in the reference's layout: a (B, *S') mask is its channel-expanded mask."""
-    if mask.dim() == like.dim() - 1:
+    if mask.dim() == like.dim() - 1 and mask.shape == like.shape[:1] + like.shape[2:]:
         return mask.unsqueeze(1).expand_as(like)
-    return mask
+    return mask  # of another shape, torch.equal tells them apart
