@@ -44,6 +44,7 @@ __all__ = [
 EPS = 1e-8
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 class PConvError(TypeError, ValueError):
@@ -142,6 +143,11 @@ def mask_input(input: Tensor, mask: Tensor) -> Tensor:
     Shape:
         mask: broadcastable to ``input``; float (0/1 or fractional), bool, or 0/1 integer.
     """
+    channels_last = _CHANNELS_LAST.get(input.dim())
+    if channels_last is not None and not input.is_contiguous() and input.is_contiguous(memory_format=channels_last):
+        # The select lays its result out like its first operand: give the mask the input's
+        # layout, or a channels_last input would give a contiguous output.
+        mask = mask.contiguous(memory_format=channels_last)
     if mask.dtype == torch.bool:
         return torch.where(mask, input, 0)
     masked = torch.where(mask != 0, input, 0)  # NaN * 0 is NaN: select first
