@@ -122,7 +122,9 @@ class _PartialConvNd(_ConvNd):
     def _padding_ratio(self, input: Tensor) -> tuple[Tensor, Tensor]:
         """Ratio and update for mask=None: a function of the spatial size alone, so cached."""
         dtype = count_dtype(input.dtype)
-        if torch.compiler.is_compiling():  # let the compiler see (and fold) the computation
+        # Let a compiler see (and fold) the computation; a tracer must record it (its sizes are
+        # tensors, so they would key a cache entry that is never hit again).
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():  # type: ignore[attr-defined, no-untyped-call]
             return self._ratio_and_update(self._all_valid(input, dtype), MaskLayout.NONE)
         key = (input.shape[2:], input.device, dtype, torch.is_inference_mode_enabled())
         cached = self._ratio_cache.get(key)
@@ -209,6 +211,14 @@ class _PartialConvNd(_ConvNd):
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         self._ratio_cache = {}  # .to(), .cuda(), .half(): start afresh rather than keep dead entries
         return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # Called by torch.jit.script on every submodule before compiling it.
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script: its mask handling (layouts, "
+            "checks, the mask=None cache) is Python. For TorchScript use torch.jit.trace(model.eval(), "
+            "(input, mask)); or torch.export.export, or torch.onnx.export."
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickles and deep copies carry no cached tensors; they are rebuilt on first use.

@@ -1,0 +1,161 @@
+"""torch.compile(fullgraph=True): no graph break, for a given mask and for mask None, and the same
+results as eager, forward and backward.
+
+Inductor compiles slowly (C++ code generation), so it gets one test, with a mask and with none; the
+mask layouts and the other layers are compiled with ``aot_eager``, which traces the same graphs
+(Dynamo, then AOTAutograd's forward and backward) and runs them with eager kernels.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from torch_pconv import PartialConv2d, PConv1d, PConv2d, PConv3d
+
+# Inductor's imports warn about torch.jit deprecations; Dynamo warns about its own internals.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+EPS = torch.finfo(torch.float32).eps
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> None:
+    # Every PConv shares one forward code object: without a reset, compiling many layers would
+    # pile up recompilations against Dynamo's per-code cache limit.
+    torch._dynamo.reset()
+
+
+def _compile(module: nn.Module, backend: str, **kwargs: object) -> Callable[..., object]:
+    return torch.compile(module, fullgraph=True, backend=backend, **kwargs)  # type: ignore[return-value]
+
+
+def _explain(module: nn.Module, *args: object) -> str:
+    """Dynamo's account of the graph breaks in ``module(*args)``, for failure messages."""
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(module)(*args)
+    return f"{explanation.graph_break_count} graph break(s): {explanation.break_reasons}"
+
+
+def _run(fn: Callable[..., object], module: nn.Module, x: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
+    """Forward and backward through ``fn`` (the module, compiled or not): outputs and gradients."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    try:
+        result = fn(x, mask)
+    except torch._dynamo.exc.Unsupported as error:  # a graph break under fullgraph=True
+        pytest.fail(f"{error}\n{_explain(module, x, mask)}")
+    out, update = result if isinstance(result, tuple) else (result, None)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(upstream)
+    values = {"output": out.detach(), "grad_input": x.grad}
+    if update is not None:
+        values["mask"] = update
+    values.update({f"grad_{name}": p.grad for name, p in module.named_parameters()})
+    return values
+
+
+def _assert_matches(compiled: dict[str, Tensor], eager: dict[str, Tensor]) -> None:
+    """Same returned mask; the rest equal within float32 rounding (a compiler may fuse the ratio
+    and bias into one kernel, or use an FMA): a few units of eps of the largest magnitude."""
+    assert compiled.keys() == eager.keys()
+    for name, expected in eager.items():
+        actual = compiled[name]
+        if name == "mask":
+            assert actual.shape == expected.shape and torch.equal(actual, expected), name
+            continue
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(actual, expected, rtol=4 * EPS, atol=4 * EPS * scale, msg=name)
+
+
+def _image_mask(shape: tuple[int, ...], seed: int = 0) -> Tensor:
+    """Random holes plus one wider than the kernel, so some windows count 0."""
+    mask = (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) >= 0.3).float()
+    mask[..., 1:5, 2:7] = 0
+    return mask
+
+
+def _has_cxx_compiler() -> bool:
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.skipif(not _has_cxx_compiler(), reason="inductor's CPU backend needs a C++ compiler")
+def test_inductor_matches_eager_with_mask_and_without() -> None:
+    torch.manual_seed(0)
+    layer = PConv2d(3, 4, 3, padding=1)
+    compiled = _compile(layer, "inductor")
+    x = torch.randn(2, 3, 9, 10)
+    for mask in (_image_mask((2, 1, 9, 10)), None):
+        _assert_matches(_run(compiled, layer, x, mask), _run(layer, layer, x, mask))
+
+
+def _layer_cases() -> list:
+    """(layer factory, input shape, mask or None): every mask layout, with and without a mask."""
+    image = (2, 3, 9, 10)
+    return [
+        pytest.param(lambda: PConv2d(3, 4, 3, padding=1), image, _image_mask((2, 9, 10)), id="shared-BHW"),
+        pytest.param(lambda: PConv2d(3, 4, 3, padding=1), image, _image_mask((2, 1, 9, 10)), id="single-B1HW"),
+        pytest.param(lambda: PConv2d(3, 4, 3, padding=1), image, _image_mask((1, 1, 9, 10)), id="broadcast-11HW"),
+        pytest.param(lambda: PConv2d(3, 4, 3, padding=1), image, _image_mask((2, 1, 9, 10)) > 0, id="bool"),
+        pytest.param(
+            lambda: PConv2d(3, 4, 3, padding=1, multi_channel=True), image, _image_mask((2, 3, 9, 10)), id="multi"
+        ),
+        pytest.param(lambda: PConv2d(3, 4, 3, padding=1, stride=2), image, None, id="none"),
+        pytest.param(lambda: PConv2d(3, 4, 3, padding=1, multi_channel=True), image, None, id="none-multi"),
+        pytest.param(lambda: PartialConv2d(3, 4, 3, padding=1, bias=False), image, None, id="nvidia-no-bias"),
+        pytest.param(lambda: PConv1d(3, 4, 3, padding=1), (2, 3, 12), _image_mask((2, 1, 12)), id="1d"),
+        pytest.param(lambda: PConv3d(3, 4, 3, padding=1), (2, 3, 5, 6, 7), _image_mask((2, 5, 6, 7)), id="3d"),
+    ]
+
+
+@pytest.mark.parametrize(("make", "shape", "mask"), _layer_cases())
+def test_aot_eager_fullgraph_matches_eager(make: Callable[[], nn.Module], shape: tuple[int, ...], mask) -> None:
+    torch.manual_seed(0)
+    layer = make()
+    x = torch.randn(shape)
+    _assert_matches(_run(_compile(layer, "aot_eager"), layer, x, mask), _run(layer, layer, x, mask))
+
+
+def test_mask_none_with_dynamic_shapes_ignores_the_eager_cache() -> None:
+    """Compiled with symbolic sizes, mask None computes the ratio for each size in the graph: an
+    eager call beforehand (which fills the layer's cache) must not leak a stale ratio into it."""
+    torch.manual_seed(0)
+    layer = PConv2d(3, 4, 3, padding=1)
+    compiled = _compile(layer, "aot_eager", dynamic=True)
+    for size in ((8, 8), (11, 13), (8, 8)):
+        x = torch.randn(2, 3, *size)
+        eager = _run(layer, layer, x, None)
+        _assert_matches(_run(compiled, layer, x, None), eager)
+
+
+class _Net(nn.Module):
+    """Three partial convolutions carrying the mask from one to the next."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = PConv2d(3, 8, 3, padding=1)
+        self.c2 = PConv2d(8, 8, 3, padding=1, stride=2)
+        self.c3 = PConv2d(8, 2, 3, padding=1)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        x, mask = self.c1(x, mask)
+        x, mask = self.c2(torch.relu(x), mask)
+        return self.c3(torch.relu(x), mask)
+
+
+def test_network_has_no_graph_break() -> None:
+    torch.manual_seed(0)
+    net = _Net()
+    x, mask = torch.randn(2, 3, 12, 12), _image_mask((2, 1, 12, 12))
+    explanation = torch._dynamo.explain(net)(x, mask)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    torch._dynamo.reset()
+    _assert_matches(_run(_compile(net, "aot_eager"), net, x, mask), _run(net, net, x, mask))

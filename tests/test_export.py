@@ -1,0 +1,243 @@
+"""Export: torch.export with a mask input, ONNX run by onnxruntime, and TorchScript (tracing).
+
+The masks have holes wider than the kernel, so some windows count 0: where NVIDIA's arithmetic
+relies on ``+ 1e-8``, which ONNX exporters drop (the graph holds Reciprocal(count)), giving NaN.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.export import Dim
+
+from torch_pconv import PConv2d
+from torch_pconv.reference import PartialConv2d as Reference
+
+pytestmark = [
+    # torch.jit.* and the ONNX exporter warn about their own deprecations and about Python-level
+    # shape checks that tracing specializes; neither is what these tests judge.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+]
+
+EPS = torch.finfo(torch.float32).eps
+
+
+class Net(nn.Module):
+    """Three partial convolutions carrying the mask, one of them strided."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = PConv2d(3, 8, 3, padding=1)
+        self.c2 = PConv2d(8, 8, 3, padding=1, stride=2)
+        self.c3 = PConv2d(8, 2, 3, padding=1)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        x, mask = self.c1(x, mask)
+        x, mask = self.c2(torch.relu(x), mask)
+        return self.c3(torch.relu(x), mask)
+
+
+def _net() -> Net:
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def _inputs(batch: int = 2, height: int = 16, width: int = 16, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """An image and a (B, 1, H, W) mask: random holes plus a box wide enough that every layer of
+    ``Net`` (the third at half resolution) has windows of holes only."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, height, width, generator=g)
+    mask = (torch.rand(batch, 1, height, width, generator=g) >= 0.3).float()
+    mask[:, :, 2:13, 2 + seed : 14 + seed] = 0
+    return x, mask
+
+
+def _assert_close(actual: Tensor, expected: Tensor, atol: float | None = None) -> None:
+    """Equal within float32 rounding: a few eps of the largest magnitude (or ``atol``)."""
+    actual, expected = torch.as_tensor(actual), expected.detach()
+    tol = 4 * EPS * expected.abs().max().item() if atol is None else atol
+    torch.testing.assert_close(actual, expected, rtol=4 * EPS, atol=tol)
+
+
+def test_masks_reach_zero_count_windows() -> None:
+    """The premise of the export tests: each layer sees windows with no valid entry."""
+    net = _net()
+    x, mask = _inputs()
+    for layer in (net.c1, net.c2, net.c3):
+        x, mask = layer(x, mask)
+        assert (mask == 0).any(), f"no 0-count window in {layer}"
+
+
+# torch.export ---------------------------------------------------------------------------------
+
+
+def test_export_with_mask_input_matches_eager(tmp_path) -> None:
+    net = _net()
+    x, mask = _inputs()
+    batch = Dim("batch")
+    program = torch.export.export(net, (x, mask), dynamic_shapes={"x": {0: batch}, "mask": {0: batch}})
+    path = tmp_path / "net.pt2"
+    torch.export.save(program, path)
+    loaded = torch.export.load(path).module()
+    # The mask is an input of the graph, not a constant: a different mask, and another batch size.
+    for args in ((x, mask), _inputs(batch=3, seed=1)):
+        expected = net(*args)
+        for module in (program.module(), loaded):
+            out, update = module(*args)
+            _assert_close(out, expected[0])
+            assert torch.equal(update, expected[1])
+
+
+def test_export_mask_none_with_dynamic_size() -> None:
+    """mask None: the ratio is computed in the graph for each size, not taken from the cache."""
+    torch.manual_seed(0)
+    layer = PConv2d(3, 4, 3, padding=1).eval()
+    x, _ = _inputs()
+    layer(x)  # fill the eager cache for this size first: it must not end up in the graph
+    height, width = Dim("height", min=4, max=64), Dim("width", min=4, max=64)
+    program = torch.export.export(layer, (x,), dynamic_shapes={"input": {2: height, 3: width}})
+    for size in ((16, 16), (7, 11)):
+        y, _ = _inputs(height=size[0], width=size[1])
+        out, update = program.module()(y)
+        expected, expected_update = layer(y)
+        _assert_close(out, expected)
+        assert torch.equal(update, expected_update)
+
+
+# ONNX -----------------------------------------------------------------------------------------
+
+
+def _onnx_session(module: nn.Module, args: tuple[Tensor, ...], path, names: list[str]):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    torch.onnx.export(module, args, path, input_names=names, dynamo=True)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_onnx_matches_eager_within_1e_5(tmp_path) -> None:
+    net = _net()
+    session = _onnx_session(net, _inputs(), tmp_path / "net.onnx", ["x", "mask"])
+    for x, mask in (_inputs(), _inputs(seed=1)):
+        out, update = session.run(None, {"x": x.numpy(), "mask": mask.numpy()})
+        expected, expected_update = net(x, mask)
+        _assert_close(torch.from_numpy(out), expected, atol=1e-5)
+        assert torch.equal(torch.from_numpy(update), expected_update)
+
+
+def test_onnx_mask_none_matches_eager(tmp_path) -> None:
+    torch.manual_seed(0)
+    layer = PConv2d(3, 4, 3, padding=1, stride=2).eval()
+    x, _ = _inputs()
+    layer(x)  # a filled eager cache must not change what is exported
+    session = _onnx_session(layer, (x,), tmp_path / "layer.onnx", ["x"])
+    out, update = session.run(None, {"x": x.numpy()})
+    expected, expected_update = layer(x)
+    _assert_close(torch.from_numpy(out), expected, atol=1e-5)
+    assert torch.equal(torch.from_numpy(update), expected_update)
+
+
+def test_onnx_of_the_reference_gives_nan_in_zero_count_windows(tmp_path) -> None:
+    """Why the above matters: exported, the reference's ``/ (count + 1e-8)`` loses its eps, and
+    onnxruntime returns inf * 0 = NaN where ours returns 0."""
+
+    class Single(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = Reference(3, 4, 3, padding=1, return_mask=True)
+
+        def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+            return self.conv(x, mask)[0]
+
+    reference = Single().eval()
+    x, mask = _inputs()
+    session = _onnx_session(reference, (x, mask), tmp_path / "reference.onnx", ["x", "mask"])
+    (out,) = session.run(None, {"x": x.numpy(), "mask": mask.numpy()})
+    assert torch.isfinite(reference(x, mask)).all(), "eager float32 keeps the eps"
+    assert torch.isnan(torch.from_numpy(out)).any()
+
+
+# TorchScript ----------------------------------------------------------------------------------
+
+
+def test_traced_model_saves_loads_and_matches_eager(tmp_path) -> None:
+    """NVIDIA/partialconv #33: a model holding PConv2d in eval mode, traced, saved, loaded, run."""
+    net = _net()
+    x, mask = _inputs()
+    traced = torch.jit.trace(net, (x, mask))
+    path = tmp_path / "net.pt"
+    torch.jit.save(traced, str(path))
+    loaded = torch.jit.load(str(path))
+    for args in ((x, mask), _inputs(batch=3, seed=1)):
+        x_eager, x_loaded = args[0].clone().requires_grad_(), args[0].clone().requires_grad_()
+        expected, expected_update = net(x_eager, args[1])
+        out, update = loaded(x_loaded, args[1])
+        _assert_close(out, expected)
+        assert torch.equal(update, expected_update)
+        # Autograd still runs through the loaded graph.
+        expected.sum().backward()
+        out.sum().backward()
+        _assert_close(x_loaded.grad, x_eager.grad)
+
+
+def _cached_tensors(module: nn.Module) -> list[Tensor]:
+    """Every tensor a module holds outside its parameters and buffers (the mask=None cache)."""
+    found: list[Tensor] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, Tensor):
+            found.append(value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(k)
+                walk(v)
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                walk(v)
+
+    for name, value in vars(module).items():
+        if name not in ("_parameters", "_buffers", "_modules"):
+            walk(value)
+    return found
+
+
+def test_traced_mask_none_follows_the_input_size(tmp_path) -> None:
+    """Tracing records the mask=None ratio computation, whatever the eager cache holds, and leaves
+    the cache as it was (no entries keyed on the tracer's size tensors)."""
+    torch.manual_seed(0)
+    layer = PConv2d(3, 4, 3, padding=1).eval()
+    x, _ = _inputs()
+    layer(x)  # the eager cache now holds this size
+    before = [t.data_ptr() for t in _cached_tensors(layer)]
+    traced = torch.jit.trace(layer, (x,))
+    assert [t.data_ptr() for t in _cached_tensors(layer)] == before, "tracing changed the mask=None cache"
+    torch.jit.save(traced, str(tmp_path / "layer.pt"))
+    loaded = torch.jit.load(str(tmp_path / "layer.pt"))
+    for size in ((16, 16), (9, 13)):
+        y, _ = _inputs(height=size[0], width=size[1])
+        out, update = loaded(y)
+        expected, expected_update = layer(y)
+        _assert_close(out, expected)
+        assert torch.equal(update, expected_update)
+
+
+def test_script_works_or_points_to_tracing(tmp_path) -> None:
+    """torch.jit.script: either the scripted model round-trips like the traced one, or scripting
+    fails with a message that names the supported path (tracing), not a TorchScript internal."""
+    net = _net()
+    x, mask = _inputs()
+    try:
+        scripted = torch.jit.script(net)
+    except Exception as error:  # TorchScript raises several types (RuntimeError, NotSupportedError, ...)
+        assert "torch.jit.trace" in str(error), f"unhelpful scripting error: {type(error).__name__}: {error}"
+        return
+    torch.jit.save(scripted, str(tmp_path / "scripted.pt"))
+    out, update = torch.jit.load(str(tmp_path / "scripted.pt"))(x, mask)
+    expected, expected_update = net(x, mask)
+    _assert_close(out, expected)
+    assert torch.equal(update, expected_update)
