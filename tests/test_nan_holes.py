@@ -53,7 +53,7 @@ def test_non_finite_holes_give_what_zeros_give(dims, layout, mask_dtype, value, 
     mask = random_holes((*leading(batch, channels), *SPATIAL[dims]), 0.4, gen)
     zeros = _run(layer, _poison(x, mask, 0.0), mask.to(mask_dtype))
     poisoned = _run(layer, _poison(x, mask, value), mask.to(mask_dtype))
-    for name, a, b in zip(["output", "mask", "grad_input", "grad_weight", "grad_bias"], poisoned, zeros):
+    for name, a, b in zip(["output", "mask", "grad_input", "grad_weight", "grad_bias"], poisoned, zeros, strict=True):
         assert torch.isfinite(a).all(), f"{name} is not finite"
         assert torch.equal(a, b), f"{name} differs from the zero-filled input"
 
@@ -68,7 +68,7 @@ def test_other_dtypes_and_fractional_masks(dtype):
     mask = mask.to(dtype)
     zeros = _run(layer, _poison(x, mask, 0.0), mask)
     poisoned = _run(layer, _poison(x, mask, float("nan")), mask)
-    for a, b in zip(poisoned, zeros):
+    for a, b in zip(poisoned, zeros, strict=True):
         assert torch.equal(a, b)
 
 
