@@ -272,6 +272,10 @@ class PConv1d(_PartialConvNd, nn.Conv1d):
         self._init_partial(multi_channel, return_mask, legacy_behaviour)
 
     def forward(self, input: Tensor3d, mask_in: Tensor | None = None) -> Tensor3d | tuple[Tensor3d, Tensor]:  # type: ignore[override]
+        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; layouts above).
+
+        Returns the output, or ``(output, update_mask)`` when ``return_mask`` is set.
+        """
         return self._partial_forward(input, mask_in)
 
 
@@ -332,6 +336,10 @@ class PConv2d(_PartialConvNd, nn.Conv2d):
         self._init_partial(multi_channel, return_mask, legacy_behaviour)
 
     def forward(self, input: Tensor4d, mask_in: Tensor | None = None) -> Tensor4d | tuple[Tensor4d, Tensor]:  # type: ignore[override]
+        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; layouts above).
+
+        Returns the output, or ``(output, update_mask)`` when ``return_mask`` is set.
+        """
         return self._partial_forward(input, mask_in)
 
 
@@ -373,6 +381,10 @@ class PConv3d(_PartialConvNd, nn.Conv3d):
         self._init_partial(multi_channel, return_mask, legacy_behaviour)
 
     def forward(self, input: Tensor5d, mask_in: Tensor | None = None) -> Tensor5d | tuple[Tensor5d, Tensor]:  # type: ignore[override]
+        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; layouts above).
+
+        Returns the output, or ``(output, update_mask)`` when ``return_mask`` is set.
+        """
         return self._partial_forward(input, mask_in)
 
 
