@@ -1,4 +1,4 @@
-"""Command line: ``python -m torch_pconv check`` (equivalence with NVIDIA's reference)."""
+"""Command line: ``python -m torch_pconv bench`` (speed, memory) and ``check`` (equivalence with NVIDIA's reference)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 from . import reference
+from .bench import add_arguments as add_bench_arguments
+from .bench import main as run_bench_command
 from .check import compare
 from .holes import random_holes, rectangle_holes, stroke_holes
 from .pconv import PConv2d, PConv3d
@@ -40,8 +42,12 @@ CASES = [
     Case("3x3 multi-channel, legacy_behaviour", {"kernel_size": 3, "padding": 1}, "multi", legacy=True),
     Case("(B, H, W) mask, 3x3 'same'", {"kernel_size": 3, "padding": "same"}, "shared", "strokes"),
     Case("(1, 1, H, W) batch-broadcast mask", {"kernel_size": 3, "padding": 1}, "broadcast"),
-    Case("3x5 kernel, dilation 2, groups 2", {"kernel_size": (3, 5), "padding": 2, "dilation": 2, "groups": 2}, "single"),
-    Case("reflect padding, no bias", {"kernel_size": 3, "padding": 1, "padding_mode": "reflect", "bias": False}, "multi"),
+    Case(
+        "3x5 kernel, dilation 2, groups 2", {"kernel_size": (3, 5), "padding": 2, "dilation": 2, "groups": 2}, "single"
+    ),
+    Case(
+        "reflect padding, no bias", {"kernel_size": 3, "padding": 1, "padding_mode": "reflect", "bias": False}, "multi"
+    ),
     Case("mask None (partial padding)", {"kernel_size": 3, "padding": 1}, "none"),
     Case("mask None, multi-channel", {"kernel_size": 3, "padding": 2, "stride": 2}, "none"),
     Case("3-D 3x3x3 single-channel", {"kernel_size": 3, "padding": 1}, "single", dims=3),
@@ -101,7 +107,8 @@ def _check(args: argparse.Namespace) -> int:
         cells = "".join(f"{cmp.errors[n]:>13.2e}" if n in cmp.errors else f"{'-':>13}" for n in names)
         result = "ok" if cmp.ok else "FAIL: " + "; ".join(cmp.failures())
         failed += not cmp.ok
-        print(f"{case.name:<40} {str(dtype).removeprefix('torch.'):<8}{cells}{'same' if cmp.mask_equal else 'DIFF':>7}  {result}")
+        same = "same" if cmp.mask_equal else "DIFF"
+        print(f"{case.name:<40} {str(dtype).removeprefix('torch.'):<8}{cells}{same:>7}  {result}")
     for dtype in (torch.float32, torch.float64):
         worst = {n: max((c.errors.get(n, 0.0) for _, d, c in rows if d == dtype), default=0.0) for n in names}
         print(f"worst {str(dtype).removeprefix('torch.')}: " + ", ".join(f"{n} {v:.2e}" for n, v in worst.items()))
@@ -120,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--device", default="cpu", help="torch device, such as cpu or cuda (default: cpu)")
     check.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     check.set_defaults(run=_check)
+    bench = commands.add_parser("bench", help="time and memory of PConv2d, the reference and nn.Conv2d, side by side")
+    add_bench_arguments(bench)
+    bench.set_defaults(run=run_bench_command)
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result
