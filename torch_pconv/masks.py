@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from enum import Enum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from torch import Tensor
 __all__ = [
     "EPS",
     "MaskLayout",
+    "MaskedInput",
     "PConvError",
     "channels_per_pixel",
     "check_input",
@@ -153,6 +155,24 @@ def mask_input(input: Tensor, mask: Tensor) -> Tensor:
     masked = torch.where(mask != 0, input, 0)  # NaN * 0 is NaN: select first
     # Fractional masks scale what they let through; for 0/1 masks this multiply is exact.
     return masked.mul_(mask) if mask.is_floating_point() else masked
+
+
+class MaskedInput(torch.autograd.Function):
+    """:func:`mask_input`, differentiable in the input, keeping nothing but the mask for backward.
+
+    Autograd would also keep the select's condition, a full-size bool tensor for a multi-channel
+    mask, and take two passes back through select and multiply; the gradient is ``grad * mask``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, input: Tensor, mask: Tensor) -> Tensor:
+        ctx.save_for_backward(mask)
+        return mask_input(input, mask)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
 
 
 def valid_count(

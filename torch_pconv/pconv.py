@@ -10,6 +10,7 @@ from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
 from torch.nn.modules.conv import _ConvNd
 
 from .masks import (
+    MaskedInput,
     MaskLayout,
     PConvError,
     channels_per_pixel,
@@ -41,6 +42,10 @@ _MASK_ARITHMETIC = """
         update = clamp(count, 0, 1)                      (the mask returned for the next layer)
         output = conv(input * mask, weight) * ratio + bias * update
 """
+
+
+def _compiling_or_tracing() -> bool:
+    return torch.compiler.is_compiling() or bool(torch.jit.is_tracing())  # type: ignore[attr-defined, no-untyped-call]
 
 
 class _PartialConvNd(_ConvNd):
@@ -89,9 +94,11 @@ class _PartialConvNd(_ConvNd):
 
     def _masked_conv(self, input: Tensor, mask: Tensor, ratio: Tensor, update: Tensor) -> Tensor:
         """The partial convolution of ``input`` under ``mask`` (broadcastable to it)."""
-        masked = mask_input(input, mask)
-        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self._scaled_conv(masked, ratio, update)
+        if not torch.is_grad_enabled() or _compiling_or_tracing():
+            # Compilers plan their own recomputation; a traced TorchScript graph cannot hold a
+            # custom autograd Function.
+            return self._scaled_conv(mask_input(input, mask), ratio, update)
+        masked: Tensor = MaskedInput.apply(input, mask)  # type: ignore[no-untyped-call]
         # Autograd would keep the masked input, a full-size copy, for the weight gradient. Keep
         # the input instead (which the layer before usually keeps anyway, as a ReLU keeps its
         # output) and the small mask, and recompute the masked input in backward: it is exact.
@@ -109,7 +116,8 @@ class _PartialConvNd(_ConvNd):
                     "one of the variables needed for gradient computation has been modified by an inplace "
                     f"operation: the input of {type(self).__name__} (version {input._version}, expected {version})"
                 )
-            return mask_input(input, mask)
+            result: Tensor = MaskedInput.apply(input, mask)  # type: ignore[no-untyped-call]
+            return result
 
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             return self._scaled_conv(masked, ratio, update)
@@ -124,7 +132,7 @@ class _PartialConvNd(_ConvNd):
         dtype = count_dtype(input.dtype)
         # Let a compiler see (and fold) the computation; a tracer must record it (its sizes are
         # tensors, so they would key a cache entry that is never hit again).
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():  # type: ignore[attr-defined, no-untyped-call]
+        if _compiling_or_tracing():
             return self._ratio_and_update(self._all_valid(input, dtype), MaskLayout.NONE)
         key = (input.shape[2:], input.device, dtype, torch.is_inference_mode_enabled())
         cached = self._ratio_cache.get(key)
