@@ -31,6 +31,7 @@ __all__ = [
     "PConvError",
     "channels_per_pixel",
     "check_input",
+    "compiling_or_tracing",
     "count_dtype",
     "mask_input",
     "ratio_and_update",
@@ -47,6 +48,12 @@ EPS = 1e-8
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+_SAME_SIZE_INT = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
 
 
 class PConvError(TypeError, ValueError):
@@ -147,14 +154,24 @@ def mask_input(input: Tensor, mask: Tensor) -> Tensor:
     """
     channels_last = _CHANNELS_LAST.get(input.dim())
     if channels_last is not None and not input.is_contiguous() and input.is_contiguous(memory_format=channels_last):
-        # The select lays its result out like its first operand: give the mask the input's
-        # layout, or a channels_last input would give a contiguous output.
+        # Elementwise results are laid out like their first operand that is not broadcast: give
+        # the mask the input's layout, or a channels_last input would give a contiguous output.
         mask = mask.contiguous(memory_format=channels_last)
-    if mask.dtype == torch.bool:
-        return torch.where(mask, input, 0)
-    masked = torch.where(mask != 0, input, 0)  # NaN * 0 is NaN: select first
-    # Fractional masks scale what they let through; for 0/1 masks this multiply is exact.
-    return masked.mul_(mask) if mask.is_floating_point() else masked
+    keep = mask if mask.dtype == torch.bool else mask != 0
+    words = _SAME_SIZE_INT.get(input.dtype)
+    if words is None or compiling_or_tracing():  # compilers fuse the select; exporters know no bit views
+        masked = torch.where(keep, input, 0)
+        return masked.mul_(mask) if mask.is_floating_point() else masked
+    # NaN * 0 is NaN, so a multiply alone lets NaN and inf through. AND-ing the input's bits with
+    # all-ones (keep) or all-zeros (hole) words selects exactly, and runs as fast as a multiply,
+    # where torch.where is ten times slower on CPU. A bool viewed as int8 and negated is -1 or 0,
+    # which widens to all-ones or all-zeros words of any size.
+    bits = keep.view(torch.int8).neg()
+    if not mask.is_floating_point():
+        return (input.view(words) & bits).view(input.dtype)
+    masked = input * mask.to(input.dtype)  # fractional masks scale what they let through
+    masked.view(words).bitwise_and_(bits)
+    return masked
 
 
 class MaskedInput(torch.autograd.Function):
@@ -173,6 +190,11 @@ class MaskedInput(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (mask,) = ctx.saved_tensors
         return grad * mask, None
+
+
+def compiling_or_tracing() -> bool:
+    """Whether torch.compile, torch.export or torch.jit.trace is recording the computation."""
+    return torch.compiler.is_compiling() or bool(torch.jit.is_tracing())  # type: ignore[attr-defined, no-untyped-call]
 
 
 def valid_count(

@@ -15,6 +15,7 @@ from .masks import (
     PConvError,
     channels_per_pixel,
     check_input,
+    compiling_or_tracing,
     count_dtype,
     mask_input,
     ratio_and_update,
@@ -42,10 +43,6 @@ _MASK_ARITHMETIC = """
         update = clamp(count, 0, 1)                      (the mask returned for the next layer)
         output = conv(input * mask, weight) * ratio + bias * update
 """
-
-
-def _compiling_or_tracing() -> bool:
-    return torch.compiler.is_compiling() or bool(torch.jit.is_tracing())  # type: ignore[attr-defined, no-untyped-call]
 
 
 class _PartialConvNd(_ConvNd):
@@ -94,7 +91,7 @@ class _PartialConvNd(_ConvNd):
 
     def _masked_conv(self, input: Tensor, mask: Tensor, ratio: Tensor, update: Tensor) -> Tensor:
         """The partial convolution of ``input`` under ``mask`` (broadcastable to it)."""
-        if not torch.is_grad_enabled() or _compiling_or_tracing():
+        if not torch.is_grad_enabled() or compiling_or_tracing():
             # Compilers plan their own recomputation; a traced TorchScript graph cannot hold a
             # custom autograd Function.
             return self._scaled_conv(mask_input(input, mask), ratio, update)
@@ -132,7 +129,7 @@ class _PartialConvNd(_ConvNd):
         dtype = count_dtype(input.dtype)
         # Let a compiler see (and fold) the computation; a tracer must record it (its sizes are
         # tensors, so they would key a cache entry that is never hit again).
-        if _compiling_or_tracing():
+        if compiling_or_tracing():
             return self._ratio_and_update(self._all_valid(input, dtype), MaskLayout.NONE)
         key = (input.shape[2:], input.device, dtype, torch.is_inference_mode_enabled())
         cached = self._ratio_cache.get(key)
