@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import ThreeLayerNet
 from torch import Tensor, nn
 
 from torch_pconv import PartialConv2d, PConv1d, PConv2d, PConv3d
@@ -135,24 +136,9 @@ def test_mask_none_with_dynamic_shapes_ignores_the_eager_cache() -> None:
         _assert_matches(_run(compiled, layer, x, None), eager)
 
 
-class _Net(nn.Module):
-    """Three partial convolutions carrying the mask from one to the next."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = PConv2d(3, 8, 3, padding=1)
-        self.c2 = PConv2d(8, 8, 3, padding=1, stride=2)
-        self.c3 = PConv2d(8, 2, 3, padding=1)
-
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        x, mask = self.c1(x, mask)
-        x, mask = self.c2(torch.relu(x), mask)
-        return self.c3(torch.relu(x), mask)
-
-
 def test_network_has_no_graph_break() -> None:
     torch.manual_seed(0)
-    net = _Net()
+    net = ThreeLayerNet()
     x, mask = torch.randn(2, 3, 12, 12), _image_mask((2, 1, 12, 12))
     explanation = torch._dynamo.explain(net)(x, mask)
     assert explanation.graph_break_count == 0, explanation.break_reasons

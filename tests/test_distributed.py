@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import cached_tensors
 from torch import Tensor, nn
 
 from torch_pconv import PConv2d, PConv3d
@@ -124,27 +125,6 @@ def test_ddp_matches_single_process_over_the_global_batch(tmp_path: Path) -> Non
 # Replication and copies: the mask=None cache ---------------------------------------------------
 
 
-def _cached_tensors(module: nn.Module) -> list[Tensor]:
-    """Every tensor a layer holds outside its parameters and buffers: the mask=None cache."""
-    found: list[Tensor] = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, Tensor):
-            found.append(value)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(k)
-                walk(v)
-        elif isinstance(value, (tuple, list)):
-            for v in value:
-                walk(v)
-
-    for name, value in vars(module).items():
-        if name not in ("_parameters", "_buffers", "_modules"):
-            walk(value)
-    return found
-
-
 def _padding_layer() -> PConv2d:
     torch.manual_seed(0)
     return PConv2d(3, 4, 3, padding=1)
@@ -160,17 +140,17 @@ def test_deepcopy_keeps_a_correct_private_cache() -> None:
     expected = layer(x)[0].detach()  # fills the cache
     clone = copy.deepcopy(layer)
 
-    original_storage = {t.untyped_storage().data_ptr() for t in _cached_tensors(layer)}
+    original_storage = {t.untyped_storage().data_ptr() for t in cached_tensors(layer)}
     assert original_storage, "expected mask=None to be cached"
-    assert not original_storage & {t.untyped_storage().data_ptr() for t in _cached_tensors(clone)}
+    assert not original_storage & {t.untyped_storage().data_ptr() for t in cached_tensors(clone)}
     assert torch.equal(clone(x)[0], expected)
 
     # The copy's own calls (a new size, new weights) stay out of the original's cache.
-    count = len(_cached_tensors(layer))
+    count = len(cached_tensors(layer))
     with torch.no_grad():
         clone.weight.mul_(2)
     assert torch.equal(clone(other)[0], _fresh_output(clone, other))
-    assert len(_cached_tensors(layer)) == count
+    assert len(cached_tensors(layer)) == count
     assert torch.equal(layer(x)[0], expected)
 
 
@@ -210,7 +190,7 @@ def test_replicate_keeps_the_cache_correct_and_graph_free(monkeypatch: pytest.Mo
 
     # What the replicas cached went into the shared cache, and is a constant: no autograd graph
     # (which would keep the replicas' parameters, and their graphs, alive) and no parameter.
-    cached = _cached_tensors(net[0])
+    cached = cached_tensors(net[0])
     assert cached
     for tensor in cached:
         assert not tensor.requires_grad and tensor.grad_fn is None
@@ -228,7 +208,7 @@ def test_moving_the_layer_leaves_no_stale_cache() -> None:
     out = layer(x.double())[0]
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, _fresh_output(layer, x.double()), rtol=0, atol=0)
-    stale = [t.dtype for t in _cached_tensors(layer) if t.dtype != torch.float64]
+    stale = [t.dtype for t in cached_tensors(layer) if t.dtype != torch.float64]
     assert not stale, f"the cache still holds tensors of the old dtype: {stale}"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ThreeLayerNet, cached_tensors
 from torch import Tensor, nn
 from torch.export import Dim
 
@@ -26,24 +27,9 @@ pytestmark = [
 EPS = torch.finfo(torch.float32).eps
 
 
-class Net(nn.Module):
-    """Three partial convolutions carrying the mask, one of them strided."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = PConv2d(3, 8, 3, padding=1)
-        self.c2 = PConv2d(8, 8, 3, padding=1, stride=2)
-        self.c3 = PConv2d(8, 2, 3, padding=1)
-
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        x, mask = self.c1(x, mask)
-        x, mask = self.c2(torch.relu(x), mask)
-        return self.c3(torch.relu(x), mask)
-
-
-def _net() -> Net:
+def _net() -> ThreeLayerNet:
     torch.manual_seed(0)
-    return Net().eval()
+    return ThreeLayerNet().eval()
 
 
 def _inputs(batch: int = 2, height: int = 16, width: int = 16, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -185,27 +171,6 @@ def test_traced_model_saves_loads_and_matches_eager(tmp_path) -> None:
         _assert_close(x_loaded.grad, x_eager.grad)
 
 
-def _cached_tensors(module: nn.Module) -> list[Tensor]:
-    """Every tensor a module holds outside its parameters and buffers (the mask=None cache)."""
-    found: list[Tensor] = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, Tensor):
-            found.append(value)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(k)
-                walk(v)
-        elif isinstance(value, (tuple, list)):
-            for v in value:
-                walk(v)
-
-    for name, value in vars(module).items():
-        if name not in ("_parameters", "_buffers", "_modules"):
-            walk(value)
-    return found
-
-
 def test_traced_mask_none_follows_the_input_size(tmp_path) -> None:
     """Tracing records the mask=None ratio computation, whatever the eager cache holds, and leaves
     the cache as it was (no entries keyed on the tracer's size tensors)."""
@@ -213,9 +178,9 @@ def test_traced_mask_none_follows_the_input_size(tmp_path) -> None:
     layer = PConv2d(3, 4, 3, padding=1).eval()
     x, _ = _inputs()
     layer(x)  # the eager cache now holds this size
-    before = [t.data_ptr() for t in _cached_tensors(layer)]
+    before = [t.data_ptr() for t in cached_tensors(layer)]
     traced = torch.jit.trace(layer, (x,))
-    assert [t.data_ptr() for t in _cached_tensors(layer)] == before, "tracing changed the mask=None cache"
+    assert [t.data_ptr() for t in cached_tensors(layer)] == before, "tracing changed the mask=None cache"
     torch.jit.save(traced, str(tmp_path / "layer.pt"))
     loaded = torch.jit.load(str(tmp_path / "layer.pt"))
     for size in ((16, 16), (9, 13)):

@@ -26,7 +26,8 @@ __all__ = ["PartialConv2d", "PartialConv3d"]
 
 
 class _NvidiaPartialConv:
-    """NVIDIA's forward, shared by the 2-D and 3-D classes (NVIDIA's files differ only there)."""
+    """NVIDIA's layer, shared by the 2-D and 3-D classes (NVIDIA's two files differ only in the
+    convolution function and the number of dimensions)."""
 
     # Set by the nn.ConvNd base / the concrete class.
     in_channels: int
@@ -38,7 +39,10 @@ class _NvidiaPartialConv:
     bias: Tensor | None
     _conv: Any  # F.conv2d or F.conv3d
 
-    def _init_reference(self, multi_channel: bool, return_mask: bool) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        multi_channel = kwargs.pop("multi_channel", False)
+        return_mask = kwargs.pop("return_mask", False)
+        super().__init__(*args, **kwargs)  # nn.Conv2d or nn.Conv3d
         self.multi_channel = multi_channel
         self.return_mask = return_mask
         if self.multi_channel:
@@ -52,7 +56,7 @@ class _NvidiaPartialConv:
         self.update_mask: Any = None
         self.mask_ratio: Any = None
 
-    def _reference_forward(self, input: Tensor, mask_in: Tensor | None = None) -> Any:
+    def forward(self, input: Tensor, mask_in: Tensor | None = None) -> Any:
         assert len(input.shape) == len(self.kernel_size) + 2
         if mask_in is not None or self.last_size != tuple(input.shape):
             self.last_size = tuple(input.shape)
@@ -98,26 +102,8 @@ class PartialConv2d(_NvidiaPartialConv, nn.Conv2d):
 
     _conv = staticmethod(F.conv2d)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        multi_channel = kwargs.pop("multi_channel", False)
-        return_mask = kwargs.pop("return_mask", False)
-        super().__init__(*args, **kwargs)
-        self._init_reference(multi_channel, return_mask)
-
-    def forward(self, input: Tensor, mask_in: Tensor | None = None) -> Any:
-        return self._reference_forward(input, mask_in)
-
 
 class PartialConv3d(_NvidiaPartialConv, nn.Conv3d):
     """NVIDIA's ``PartialConv3d``: ``nn.Conv3d`` arguments plus ``multi_channel`` and ``return_mask``."""
 
     _conv = staticmethod(F.conv3d)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        multi_channel = kwargs.pop("multi_channel", False)
-        return_mask = kwargs.pop("return_mask", False)
-        super().__init__(*args, **kwargs)
-        self._init_reference(multi_channel, return_mask)
-
-    def forward(self, input: Tensor, mask_in: Tensor | None = None) -> Any:
-        return self._reference_forward(input, mask_in)
