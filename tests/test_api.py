@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -103,10 +104,18 @@ def test_flags_cannot_be_passed_positionally(cls):
 
 @pytest.mark.parametrize("cls", [PConv1d, PConv2d, PConv3d, PartialConv2d])
 @pytest.mark.parametrize("flag", FLAGS)
-@pytest.mark.parametrize("value", [1, 0, "yes", None])
+@pytest.mark.parametrize("value", ["yes", None, 1.0])
 def test_non_bool_flags_raise_type_error(cls, flag, value):
     with pytest.raises(TypeError, match=flag):
         cls(2, 3, 3, **{flag: value})
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+@pytest.mark.parametrize("value", [1, 0, np.True_, np.False_])
+def test_int_and_numpy_bool_flags_are_read_as_bools(flag, value):
+    # NVIDIA's layer takes any truthy value: code passing multi_channel=1 must keep working.
+    layer = PartialConv2d(2, 3, 3, **{flag: value})
+    assert getattr(layer, flag) is bool(value)
 
 
 def test_kernel_size_is_required():
@@ -442,3 +451,13 @@ def test_user_model_under_grad_modes(mode):
     assert torch.equal(out, expected) and torch.equal(out_mask, expected_mask)
     assert out.requires_grad == (mode == "grad")
     assert out.is_inference() == (mode == "inference_mode")
+
+
+@pytest.mark.parametrize("mask_shape", [None, (2, 1, 8, 8)])
+def test_forward_on_the_meta_device(mask_shape):
+    """Shape inference on the meta device, as nn.Conv2d allows (autocast knows no meta device)."""
+    layer = PConv2d(3, 4, 3, padding=1, device="meta")
+    mask = None if mask_shape is None else torch.ones(mask_shape, device="meta")
+    out, update = layer(torch.empty(2, 3, 8, 8, device="meta"), mask)
+    assert out.shape == (2, 4, 8, 8) and out.device.type == "meta"
+    assert update.shape == ((1, 1, 8, 8) if mask is None else (2, 1, 8, 8))

@@ -385,3 +385,17 @@ def test_no_batch_sized_tensors_are_kept_on_the_module():
         layer(x.detach().requires_grad_())[0].sum().backward()
         kept = [tuple(t.shape) for t in _tensors(vars(layer)) if t.dim() > 0 and t.shape[0] == batch]
         assert kept == [], kept
+
+
+def test_changing_the_geometry_after_a_call_is_seen():
+    """The cache key holds the geometry: a layer whose padding is changed gets a fresh ratio."""
+    layer = PConv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 8, 8)
+    layer(x)
+    layer.padding = (2, 2)
+    out, update = layer(x)
+    ref = nvidia.PartialConv2d(3, 4, 3, padding=2, return_mask=True)
+    ref.load_state_dict(layer.state_dict())
+    expected, expected_update = ref(x)
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(update, expected_update)

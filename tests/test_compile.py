@@ -145,3 +145,12 @@ def test_network_has_no_graph_break() -> None:
     assert explanation.graph_count == 1
     torch._dynamo.reset()
     _assert_matches(_run(_compile(net, "aot_eager"), net, x, mask), _run(net, net, x, mask))
+
+
+def test_integer_mask_compiles_without_a_graph_break() -> None:
+    """The 0/1 check of an integer mask is data-dependent: compiled graphs skip it."""
+    torch.manual_seed(0)
+    layer = PConv2d(3, 4, 3, padding=1)
+    x, mask = torch.randn(2, 3, 10, 10), _image_mask((2, 1, 10, 10)).to(torch.uint8)
+    eager = _run(layer, layer, x, mask)
+    _assert_matches(_run(_compile(layer, "aot_eager"), layer, x, mask), eager)

@@ -153,3 +153,18 @@ def test_zero_one_integer_mask_is_accepted():
 def test_complex_mask(dtype):
     with raises_pconv_error(r"^mask_in:", r"expected a float, bool or integer 0/1 mask", re.escape(str(dtype))):
         PConv2d(3, 4, 3)(_image((2, 3, 8, 8)), torch.ones(2, 1, 8, 8, dtype=dtype))
+
+
+def test_input_dtype_differs_from_the_layers():
+    with raises_pconv_error(r"^input:", r"expected dtype torch.float32", r"torch.float64"):
+        PConv2d(3, 4, 3)(_image((2, 3, 8, 8), torch.float64))
+
+
+def test_input_channels_differ_from_in_channels():
+    with raises_pconv_error(r"^input:", r"expected 3 channels \(in_channels\)", r"\(2, 5, 8, 8\)"):
+        PConv2d(3, 4, 3)(_image((2, 5, 8, 8)))
+
+
+def test_an_empty_batch_with_an_integer_mask_is_fine():
+    out, mask = PConv2d(3, 4, 3, padding=1)(_image((0, 3, 8, 8)), torch.ones(0, 1, 8, 8, dtype=torch.uint8))
+    assert out.shape == (0, 4, 8, 8) and mask.shape == (0, 1, 8, 8)

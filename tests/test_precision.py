@@ -252,3 +252,22 @@ def test_reference_fails_where_ours_does_not(precision: Precision, ratio_calls: 
         assert torch.isnan(ref.mask_ratio).any()
         assert torch.isnan(out_ref).any()
         assert torch.isnan(ref.weight.grad).any()
+
+
+def test_float16_windows_above_65504_stay_finite() -> None:
+    """A ratio of up to C_in·k² (here 1040·8·8 = 66560, for a window with one valid entry) does not
+    fit in float16 (max 65504): it must stay in float32 until it multiplies the output."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    layer = PConv2d(1040, 2, 8, bias=True, multi_channel=True, dtype=torch.float64)
+    x = torch.randn((1, 1040, 8, 8), generator=gen, dtype=torch.float64)
+    mask = torch.zeros(1, 1040, 8, 8, dtype=torch.float64)
+    mask[0, 7, 3, 4] = 1  # one valid entry: count 1, ratio 66560
+    expected, _ = layer(x, mask)
+    half = PConv2d(1040, 2, 8, bias=True, multi_channel=True, dtype=torch.float16)
+    half.load_state_dict(layer.state_dict())
+    out, update = half(x.half(), mask.half())
+    assert torch.isfinite(out).all()
+    assert torch.equal(update, torch.ones_like(update))
+    # One product and the bias, each rounded to float16 (u = 2**-11), against float64.
+    torch.testing.assert_close(out.double(), expected, rtol=4 * 2**-11, atol=4 * 2**-11)

@@ -51,7 +51,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
         >>> torch_pconv.convert(model)
         Sequential(
-          (0): PartialConv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), return_mask=False)
+          (0): PartialConv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
           (1): ReLU()
           (2): Conv2d(8, 8, kernel_size=(1, 1), stride=(1, 1))
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from enum import Enum
 from typing import Any
 
@@ -76,8 +77,9 @@ def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
-def check_input(input: Tensor, spatial_dims: int) -> None:
-    """Raise PConvError unless ``input`` is a batched floating-point tensor of the right rank."""
+def check_input(input: Tensor, spatial_dims: int, in_channels: int, dtype: torch.dtype) -> None:
+    """Raise PConvError unless ``input`` is a batched floating-point tensor that fits the layer:
+    its rank, ``in_channels`` channels, and the layer's ``dtype`` (outside autocast)."""
     if not isinstance(input, Tensor):
         raise PConvError(f"input: expected a torch.Tensor, got {type(input).__name__}")
     if input.dim() != spatial_dims + 2:
@@ -85,6 +87,10 @@ def check_input(input: Tensor, spatial_dims: int) -> None:
         raise PConvError(f"input: expected a {spatial_dims + 2}-D tensor (B, C, {names}), got shape {_shape(input)}")
     if not input.is_floating_point():
         raise PConvError(f"input: expected a floating-point dtype, got {input.dtype}")
+    if input.shape[1] != in_channels:
+        raise PConvError(f"input: expected {in_channels} channels (in_channels), got shape {_shape(input)}")
+    if input.dtype != dtype and not torch.is_autocast_enabled(input.device.type):
+        raise PConvError(f"input: expected dtype {dtype} (the layer's parameters), got {input.dtype}")
 
 
 def read_layout(mask: Tensor, input: Tensor, in_channels: int, multi_channel: bool) -> MaskLayout:
@@ -127,7 +133,7 @@ def read_layout(mask: Tensor, input: Tensor, in_channels: int, multi_channel: bo
             f"mask_in: expected {in_channels} channels (in_channels) with multi_channel=True, "
             f"got {channels} channels in a mask of shape {_shape(mask)}"
         )
-    if _is_integer(mask):
+    if _is_integer(mask) and mask.numel() and not compiling_or_tracing():  # compilers cannot branch on data
         low, high = torch.aminmax(mask)
         if low < 0 or high > 1:
             raise PConvError(
@@ -159,7 +165,8 @@ def mask_input(input: Tensor, mask: Tensor) -> Tensor:
         mask = mask.contiguous(memory_format=channels_last)
     keep = mask if mask.dtype == torch.bool else mask != 0
     words = _SAME_SIZE_INT.get(input.dtype)
-    if words is None or compiling_or_tracing():  # compilers fuse the select; exporters know no bit views
+    # Compilers fuse the select, exporters know no bit views, and autograd cannot go through them.
+    if words is None or compiling_or_tracing() or (input.requires_grad and torch.is_grad_enabled()):
         masked = torch.where(keep, input, 0)
         return masked.mul_(mask) if mask.is_floating_point() else masked
     # NaN * 0 is NaN, so a multiply alone lets NaN and inf through. AND-ing the input's bits with
@@ -215,7 +222,10 @@ def valid_count(
     where counts above 256 are inexact).
     """
     ones = torch.ones((1, 1, *kernel_size), dtype=valid.dtype, device=valid.device)
-    with torch.no_grad(), torch.autocast(valid.device.type, enabled=False):
+    device = valid.device.type
+    # Devices without autocast (meta) refuse even to disable it.
+    autocast_off = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext()
+    with torch.no_grad(), autocast_off:
         return _CONV[len(kernel_size)](valid, ones, None, stride, padding, dilation)
 
 

@@ -32,7 +32,7 @@ PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
 __all__ = ["PConv1d", "PConv2d", "PConv3d", "PartialConv1d", "PartialConv2d", "PartialConv3d"]
 
-# Distinct spatial sizes (times devices, dtypes, grad modes) whose mask=None ratio is kept.
+# Distinct spatial sizes (times devices, dtypes, inference modes) whose mask=None ratio is kept.
 _CACHE_SIZE = 8
 
 _MASK_ARITHMETIC = """
@@ -43,6 +43,33 @@ _MASK_ARITHMETIC = """
         update = clamp(count, 0, 1)                      (the mask returned for the next layer)
         output = conv(input * mask, weight) * ratio + bias * update
 """
+
+
+def _may_swap_saved_tensors() -> bool:
+    """Whether the forward may keep the input instead of the masked input for backward.
+
+    Not under saved-tensor hooks of the caller's (activation checkpointing, offloading: what is
+    saved is theirs to manage), nor under torch.func transforms or forward-mode AD, which refuse
+    saved-tensor hooks and custom autograd Functions without a jvp.
+    """
+    autograd = torch._C._autograd
+    return (
+        autograd._saved_tensors_hooks_is_enabled()  # type: ignore[attr-defined]
+        and autograd._top_saved_tensors_default_hooks(False) is None
+        and torch._C._functorch.peek_interpreter_stack() is None
+        and torch.autograd.forward_ad._current_level < 0
+    )
+
+
+def _unchanged(tensor: Tensor, version: int) -> Tensor:
+    """``tensor``, unless it was edited in place since it was saved: then autograd's own error."""
+    if tensor._version != version:
+        raise RuntimeError(
+            "one of the variables needed for gradient computation has been modified by an inplace operation: "
+            f"[{tensor.type()} {list(tensor.shape)}] is at version {tensor._version}; expected version {version} "
+            "instead (saved by a partial convolution)."
+        )
+    return tensor
 
 
 class _PartialConvNd(_ConvNd):
@@ -64,17 +91,18 @@ class _PartialConvNd(_ConvNd):
             ("return_mask", return_mask),
             ("legacy_behaviour", legacy_behaviour),
         ):
-            if not isinstance(value, bool):
+            if not isinstance(value, int) and type(value).__name__ not in ("bool", "bool_"):  # numpy.bool(_)
                 raise TypeError(f"{name}: expected a bool, got {value!r}")
-        self.multi_channel = multi_channel
-        self.return_mask = return_mask
-        self.legacy_behaviour = legacy_behaviour
+        # NVIDIA's layer takes any truthy value: multi_channel=1 must keep working.
+        self.multi_channel = bool(multi_channel)
+        self.return_mask = bool(return_mask)
+        self.legacy_behaviour = bool(legacy_behaviour)
         # mask=None ratios, keyed on everything they depend on. A plain dict: replicas made by
         # nn.parallel.replicate share it, which is correct because the key holds the device.
         self._ratio_cache = {}
 
     def _partial_forward(self, input: Tensor, mask_in: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
-        check_input(input, len(self.kernel_size))
+        check_input(input, len(self.kernel_size), self.in_channels, self.weight.dtype)
         if mask_in is None:
             layout = MaskLayout.NONE
             ratio, update = self._padding_ratio(input)
@@ -91,30 +119,26 @@ class _PartialConvNd(_ConvNd):
 
     def _masked_conv(self, input: Tensor, mask: Tensor, ratio: Tensor, update: Tensor) -> Tensor:
         """The partial convolution of ``input`` under ``mask`` (broadcastable to it)."""
-        if not torch.is_grad_enabled() or compiling_or_tracing():
-            # Compilers plan their own recomputation; a traced TorchScript graph cannot hold a
-            # custom autograd Function.
+        if not torch.is_grad_enabled() or compiling_or_tracing() or not _may_swap_saved_tensors():
             return self._scaled_conv(mask_input(input, mask), ratio, update)
         masked: Tensor = MaskedInput.apply(input, mask)  # type: ignore[no-untyped-call]
         # Autograd would keep the masked input, a full-size copy, for the weight gradient. Keep
         # the input instead (which the layer before usually keeps anyway, as a ReLU keeps its
-        # output) and the small mask, and recompute the masked input in backward: it is exact.
-        # The hook matches the masked input by id, so that it holds no reference to it.
-        masked_id, version = id(masked), input._version
+        # output) and the mask, and recompute the masked input in backward: it is exact. The hook
+        # matches the masked input by id, so that it holds no reference to it. Tensors saved
+        # through hooks lose autograd's check against in-place edits before backward: redo it.
+        masked_id, input_version, mask_version = id(masked), input._version, mask._version
 
-        def pack(saved: Tensor) -> Tensor | None:
-            return None if id(saved) == masked_id else saved
+        def pack(saved: Tensor) -> tuple[Tensor, int] | None:
+            return None if id(saved) == masked_id else (saved, saved._version)
 
-        def unpack(saved: Tensor | None) -> Tensor:
-            if saved is not None:
-                return saved
-            if input._version != version:
-                raise RuntimeError(
-                    "one of the variables needed for gradient computation has been modified by an inplace "
-                    f"operation: the input of {type(self).__name__} (version {input._version}, expected {version})"
-                )
-            result: Tensor = MaskedInput.apply(input, mask)  # type: ignore[no-untyped-call]
-            return result
+        def unpack(packed: tuple[Tensor, int] | None) -> Tensor:
+            if packed is not None:
+                return _unchanged(*packed)
+            _unchanged(input, input_version)
+            _unchanged(mask, mask_version)
+            recomputed: Tensor = MaskedInput.apply(input, mask)  # type: ignore[no-untyped-call]
+            return recomputed
 
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             return self._scaled_conv(masked, ratio, update)
@@ -131,7 +155,8 @@ class _PartialConvNd(_ConvNd):
         # tensors, so they would key a cache entry that is never hit again).
         if compiling_or_tracing():
             return self._ratio_and_update(self._all_valid(input, dtype), MaskLayout.NONE)
-        key = (input.shape[2:], input.device, dtype, torch.is_inference_mode_enabled())
+        geometry = (self.kernel_size, self.stride, self.padding, self.dilation, self.in_channels, self.multi_channel)
+        key = (input.shape[2:], input.device, dtype, torch.is_inference_mode_enabled(), geometry)
         cached = self._ratio_cache.get(key)
         if cached is None:
             cached = self._ratio_and_update(self._all_valid(input, dtype), MaskLayout.NONE)
@@ -146,29 +171,31 @@ class _PartialConvNd(_ConvNd):
         return torch.full((1, 1, *input.shape[2:]), channels, dtype=dtype, device=input.device)
 
     def _scaled_conv(self, masked: Tensor, ratio: Tensor, update: Tensor) -> Tensor:
-        """The weight convolution, once, and the ratio and bias applied in place on its output."""
+        """The weight convolution, once, and the ratio and bias applied in place on its output.
+
+        The ratio stays in float32 or wider whatever the output's dtype: in-place products round
+        once into the output, and a float16 ratio would overflow for windows above 65504.
+        """
         bias = self.bias
         if self.legacy_behaviour:  # NVIDIA's order of operations, bit for bit
             output = self._conv_forward(masked, self.weight, bias)
-            ratio = ratio.to(output.dtype)
             if bias is None:
                 return output.mul_(ratio)
             bias_view = bias.view(1, -1, *(1,) * len(self.kernel_size))
-            return output.sub_(bias_view).mul_(ratio).add_(bias_view).mul_(update.to(output.dtype))
+            return output.sub_(bias_view).mul_(ratio).add_(bias_view).mul_(update)
         # The bias never enters the convolution: (conv + b - b) would only add rounding.
         output = self._conv_forward(masked, self.weight, None)
         if bias is None:
-            return output.mul_(ratio.to(output.dtype))
-        update = update.to(output.dtype)
+            return output.mul_(ratio)
         # NVIDIA multiplies by the update twice when there is a bias: a no-op for 0/1 masks,
         # kept so fractional masks follow its arithmetic.
-        scale = ratio.to(output.dtype) * update
         bias_view = bias.view(1, -1, *(1,) * len(self.kernel_size))
-        return output.mul_(scale).addcmul_(bias_view, update)
+        return output.mul_(ratio * update).addcmul_(bias_view, update)
 
     def _returned_mask(self, update: Tensor, layout: MaskLayout, input: Tensor, mask_in: Tensor | None) -> Tensor:
         """The update mask in the layout the mask came in, in the input's dtype."""
-        update = update.to(input.dtype, copy=mask_in is None)  # never hand out the cached tensor
+        # A copy: the update is cached (mask None) or saved for backward, and the caller may edit it.
+        update = update.to(input.dtype, copy=True)
         if layout is MaskLayout.SHARED:
             return update.squeeze(1)
         if layout is MaskLayout.MULTI or (layout is MaskLayout.NONE and self.multi_channel):
@@ -294,7 +321,7 @@ class PConv2d(_PartialConvNd, nn.Conv2d):
         multi_channel: a 4-D mask has one channel per input channel (NVIDIA's flag).
         return_mask: return ``(output, update_mask)`` rather than the output alone.
         legacy_behaviour: add the bias inside the convolution and remove it again, as NVIDIA's
-            layer does, to match its float32 forward bit for bit.
+            layer does, to match its float32 forward bit for bit (for 0/1 masks).
     {_MASK_ARITHMETIC}
     The window size is ``C_in * kH * kW`` for a multi-channel mask or a 3-D mask (which stands
     for the same mask on every channel), ``kH * kW`` for a single-channel mask.
