@@ -12,6 +12,9 @@ from torch_pconv import PConv2d
 from torch_pconv import reference as ref_module
 from torch_pconv.holes import random_holes
 
+# torch.func and checkpointing call the deprecated torch.jit.script internally.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 
 def _case(seed: int = 0, requires_grad: bool = True):
     torch.manual_seed(seed)

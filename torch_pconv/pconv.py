@@ -421,7 +421,7 @@ class PConv3d(_PartialConvNd, nn.Conv3d):
 
 
 class PartialConv1d(PConv1d):
-    """:class:`PConv1d` with NVIDIA's default ``return_mask=False``."""
+    __doc__ = ":class:`PConv1d` with NVIDIA's default ``return_mask=False``.\n\n    " + (PConv1d.__doc__ or "")
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
 
@@ -430,12 +430,13 @@ class PartialConv1d(PConv1d):
 
 
 class PartialConv2d(PConv2d):
-    """A drop-in for NVIDIA's ``PartialConv2d``: :class:`PConv2d` with ``return_mask=False``.
+    __doc__ = """A drop-in for NVIDIA's ``PartialConv2d``: :class:`PConv2d` with ``return_mask=False``.
 
     Same constructor, parameters, state_dict keys, forward signature, mask shapes and return
     values as NVIDIA's class: ``PartialConv2d(*conv2d_args, multi_channel=False,
-    return_mask=False)`` and ``forward(input, mask_in=None)``.
-    """
+    return_mask=False)`` and ``forward(input, mask_in=None)``. What follows is PConv2d's.
+
+    """ + (PConv2d.__doc__ or "")
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
 
@@ -444,7 +445,9 @@ class PartialConv2d(PConv2d):
 
 
 class PartialConv3d(PConv3d):
-    """A drop-in for NVIDIA's ``PartialConv3d``: :class:`PConv3d` with ``return_mask=False``."""
+    __doc__ = "A drop-in for NVIDIA's ``PartialConv3d``: :class:`PConv3d` with ``return_mask=False``.\n\n    " + (
+        PConv3d.__doc__ or ""
+    )
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
 
