@@ -110,9 +110,16 @@ class _PartialConvNd(_ConvNd):
         else:
             layout = read_layout(mask_in, input, self.in_channels, self.multi_channel)
             mask = mask_in.detach()  # the mask is a constant: no gradient flows to it
-            valid = valid_map(mask, layout, self.in_channels, count_dtype(input.dtype))
-            ratio, update = self._ratio_and_update(valid, layout)
-            output = self._masked_conv(input, mask.unsqueeze(1) if layout is MaskLayout.SHARED else mask, ratio, update)
+            counted = layout
+            if layout is MaskLayout.MULTI and mask.shape[1] > 1 and mask.stride(1) == 0:
+                # One channel expanded over all (the mask a multi-channel layer returns): the
+                # same mask for every channel, as a (B, H, W) mask says. Count and apply it once.
+                mask, counted = mask[:, 0], MaskLayout.SHARED
+            valid = valid_map(mask, counted, self.in_channels, count_dtype(input.dtype))
+            ratio, update = self._ratio_and_update(valid, counted)
+            output = self._masked_conv(
+                input, mask.unsqueeze(1) if counted is MaskLayout.SHARED else mask, ratio, update
+            )
         if not self.return_mask:
             return output
         return output, self._returned_mask(update, layout, input, mask_in)
