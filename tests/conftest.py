@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # convolution up to a hundred times slower. One thread also fixes the order of every reduction,
 # whatever the machine's core count.
 torch.set_num_threads(1)
+
+
+def pytest_report_header() -> str:
+    import torch_pconv
+
+    return f"torch {torch.__version__}, torch_pconv {torch_pconv.__version__} from {Path(torch_pconv.__file__).parent}"
+
 
 _OURS = {1: PConv1d, 2: PConv2d, 3: PConv3d}
 _REFERENCE = {2: reference.PartialConv2d, 3: reference.PartialConv3d}

@@ -104,17 +104,12 @@ def test_flags_cannot_be_passed_positionally(cls):
 
 @pytest.mark.parametrize("cls", [PConv1d, PConv2d, PConv3d, PartialConv2d])
 @pytest.mark.parametrize("flag", FLAGS)
-@pytest.mark.parametrize("value", ["yes", None, 1.0])
-def test_non_bool_flags_raise_type_error(cls, flag, value):
-    with pytest.raises(TypeError, match=flag):
-        cls(2, 3, 3, **{flag: value})
-
-
-@pytest.mark.parametrize("flag", FLAGS)
-@pytest.mark.parametrize("value", [1, 0, np.True_, np.False_])
-def test_int_and_numpy_bool_flags_are_read_as_bools(flag, value):
-    # NVIDIA's layer takes any truthy value: code passing multi_channel=1 must keep working.
-    layer = PartialConv2d(2, 3, 3, **{flag: value})
+@pytest.mark.parametrize(
+    "value", [1, 0, 1.0, 0.0, None, "yes", np.True_, np.False_, torch.tensor(True), torch.tensor(0)]
+)
+def test_flags_are_read_with_bool(cls, flag, value):
+    # NVIDIA's layer takes any truthy or falsy value (multi_channel=1, return_mask=None, ...).
+    layer = cls(2, 3, 3, **{flag: value})
     assert getattr(layer, flag) is bool(value)
 
 
@@ -461,3 +456,87 @@ def test_forward_on_the_meta_device(mask_shape):
     out, update = layer(torch.empty(2, 3, 8, 8, device="meta"), mask)
     assert out.shape == (2, 4, 8, 8) and out.device.type == "meta"
     assert update.shape == ((1, 1, 8, 8) if mask is None else (2, 1, 8, 8))
+
+
+def test_state_dict_with_both_weight_keys_raises():
+    # weight and 0.1.1's regular_conv.weight: two checkpoints mixed; neither may win silently.
+    layer = PConv2d(3, 4, 3)
+    state = {**layer.state_dict(), "regular_conv.weight": torch.zeros(4, 3, 3, 3)}
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=r"both weight and torch-pconv 0\.1\.1's regular_conv\.weight"):
+            layer.load_state_dict(state, strict=strict)
+
+
+# --- The returned multi-channel mask -----------------------------------------------------------
+
+
+def _multi_inputs(channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = _seeded(11)
+    x = torch.randn(2, channels, 9, 9, generator=gen)
+    mask = (torch.rand(2, channels, 9, 9, generator=gen) > 0.4).float()
+    return x, mask
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_partialconv2d_returns_a_multi_channel_mask_of_its_own(masked):
+    # Code written against NVIDIA's layer reshapes and edits the mask it returns.
+    layer = PartialConv2d(3, 4, 3, padding=1, multi_channel=True, return_mask=True)
+    ref = nvidia.PartialConv2d(3, 4, 3, padding=1, multi_channel=True, return_mask=True)
+    x, mask = _multi_inputs()
+    _, ours = layer(x, mask if masked else None)
+    _, theirs = ref(x, mask if masked else None)
+    assert ours.is_contiguous() and torch.equal(ours, theirs)
+    for edit in (
+        lambda m: m.view(2, -1),
+        lambda m: m.view(-1),
+        lambda m: m.mul_(0.5),
+        lambda m: m.__setitem__((slice(None), slice(None), 0), 0),
+    ):
+        edit(ours)
+        edit(theirs)
+    assert torch.equal(ours, theirs)
+
+
+def test_pconv2d_returns_a_multi_channel_mask_as_an_expanded_view():
+    # Cheap (one channel in memory); .contiguous() gives a tensor of its own.
+    layer = PConv2d(3, 4, 3, padding=1, multi_channel=True)
+    x, mask = _multi_inputs()
+    _, update = layer(x, mask)
+    assert update.shape == (2, 4, 9, 9) and update.stride(1) == 0
+    own = update.contiguous()
+    own[:, :, 0] = 0
+    assert own.view(-1).shape == (2 * 4 * 9 * 9,)
+
+
+@pytest.mark.parametrize("cls", [PConv2d, PartialConv2d])
+def test_a_returned_multi_channel_mask_fed_back_is_counted_as_one_channel(cls, monkeypatch):
+    from torch_pconv import pconv
+
+    first = cls(3, 4, 3, padding=1, multi_channel=True, return_mask=True)
+    second = cls(4, 5, 3, padding=1, multi_channel=True, return_mask=True, legacy_behaviour=True)
+    ref = nvidia.PartialConv2d(4, 5, 3, padding=1, multi_channel=True, return_mask=True)
+    ref.load_state_dict(second.state_dict())
+    x, mask = _multi_inputs()
+    hidden, update = first(x, mask)
+    layouts = []
+    valid_map = pconv.valid_map
+    monkeypatch.setattr(pconv, "valid_map", lambda m, layout, *a: layouts.append(layout) or valid_map(m, layout, *a))
+    out, _ = second(hidden, update)
+    assert layouts == [pconv.MaskLayout.SHARED], "the channel-constant mask was counted channel by channel"
+    expected, _ = ref(hidden, update)
+    assert torch.equal(out, expected)  # legacy_behaviour: NVIDIA's float32 arithmetic, bit for bit
+
+
+def test_an_edited_returned_mask_is_counted_as_edited():
+    # After an in-place edit the channels differ: the layer must see the edit, not the tag.
+    first = PartialConv2d(3, 4, 3, padding=1, multi_channel=True, return_mask=True)
+    second = PartialConv2d(4, 5, 3, padding=1, multi_channel=True, return_mask=True, legacy_behaviour=True)
+    ref = nvidia.PartialConv2d(4, 5, 3, padding=1, multi_channel=True, return_mask=True)
+    ref.load_state_dict(second.state_dict())
+    x, mask = _multi_inputs()
+    hidden, update = first(x, mask)
+    update[:, 1:3, 2:7, 2:7] = 0
+    out, new_update = second(hidden, update)
+    expected, expected_update = ref(hidden, update)
+    assert torch.equal(out, expected)
+    assert torch.equal(new_update, expected_update)

@@ -8,12 +8,20 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from torch_pconv import PConv2d
+from torch_pconv import PConv2d, quirks
 from torch_pconv import reference as ref_module
 from torch_pconv.holes import random_holes
 
 # torch.func and checkpointing call the deprecated torch.jit.script internally.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+# Where the private saved-tensor state is missing (torch 2.1 to 2.5), the layer keeps the masked
+# input as autograd would: correct, but what these tests look at does not happen.
+swaps_saved_tensors = pytest.mark.skipif(
+    not quirks.may_swap_saved_tensors(),
+    reason=f"torch {torch.__version__} lacks the saved-tensor hook state; the masked input is kept as autograd would",
+)
 
 
 def _case(seed: int = 0, requires_grad: bool = True):
@@ -31,6 +39,7 @@ def _reference(layer: PConv2d) -> ref_module.PartialConv2d:
     return ref
 
 
+@swaps_saved_tensors
 @pytest.mark.parametrize("edited", ["weight", "mask", "input"])
 def test_in_place_edit_before_backward_raises(edited):
     layer, x, mask = _case(requires_grad=edited != "mask")
@@ -56,6 +65,7 @@ def test_editing_the_returned_mask_changes_no_gradient():
         assert torch.equal(t.grad, e)
 
 
+@swaps_saved_tensors
 def test_the_masked_input_is_not_kept_for_backward():
     """The convolution's saved input is rebuilt from the input on each access, not stored."""
     layer, x, mask = _case()

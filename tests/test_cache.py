@@ -399,3 +399,44 @@ def test_changing_the_geometry_after_a_call_is_seen():
     expected, expected_update = ref(x)
     torch.testing.assert_close(out, expected)
     assert torch.equal(update, expected_update)
+
+
+# --- Modes, subclasses and meta tensors never reach the cache ------------------------------------
+
+
+def test_fake_tensor_mode_leaves_the_cache_alone():
+    # A forward under FakeTensorMode once left a FakeTensor in the cache, and the next eager
+    # call at the same size computed with it: a wrong output and a FakeTensor mask.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    layer = _layer()
+    x = _image((2, IN, 6, 7))
+    expected_out, expected_mask = layer(x)
+    layer._ratio_cache.clear()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake_out, _ = layer(x)
+    assert type(fake_out) is not Tensor
+    assert all(type(t) is Tensor for t in _cached_tensors(layer))
+    out, mask = layer(x)
+    assert type(out) is Tensor and type(mask) is Tensor
+    assert torch.equal(out, expected_out) and torch.equal(mask, expected_mask)
+
+
+def test_meta_inputs_are_not_cached():
+    layer = _layer().to("meta")
+    out, mask = layer(torch.empty(2, IN, 6, 7, device="meta"))
+    assert out.is_meta and mask.shape == (1, 1, *out.shape[2:])
+    assert layer._ratio_cache == {}
+
+
+def test_tensor_subclass_inputs_are_not_cached():
+    class Tagged(Tensor):
+        pass
+
+    layer = _layer()
+    x = _image((2, IN, 6, 7))
+    expected_out, _ = layer(x)
+    layer._ratio_cache.clear()
+    out, _ = layer(x.as_subclass(Tagged))
+    assert layer._ratio_cache == {}
+    assert torch.equal(out.as_subclass(Tensor), expected_out)

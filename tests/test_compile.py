@@ -20,6 +20,7 @@ from torch_pconv import PartialConv2d, PConv1d, PConv2d, PConv3d
 
 # Inductor's imports warn about torch.jit deprecations; Dynamo warns about its own internals.
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::UserWarning"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]

@@ -6,16 +6,18 @@ relies on ``+ 1e-8``, which ONNX exporters drop (the graph holds Reciprocal(coun
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from helpers import ThreeLayerNet, cached_tensors
 from torch import Tensor, nn
-from torch.export import Dim
 
 from torch_pconv import PConv2d
 from torch_pconv.reference import PartialConv2d as Reference
 
 pytestmark = [
+    pytest.mark.slow,
     # torch.jit.* and the ONNX exporter warn about their own deprecations and about Python-level
     # shape checks that tracing specializes; neither is what these tests judge.
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -25,6 +27,11 @@ pytestmark = [
 ]
 
 EPS = torch.finfo(torch.float32).eps
+
+try:
+    from torch.export import Dim
+except ImportError:  # torch 2.1
+    pytest.skip(f"torch.export.Dim appeared in torch 2.2; this is torch {torch.__version__}", allow_module_level=True)
 
 
 def _net() -> ThreeLayerNet:
@@ -101,6 +108,8 @@ def _onnx_session(module: nn.Module, args: tuple[Tensor, ...], path, names: list
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        pytest.skip(f"torch.onnx.export(dynamo=True) appeared in torch 2.5; this is torch {torch.__version__}")
     torch.onnx.export(module, args, path, input_names=names, dynamo=True)
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

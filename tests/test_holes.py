@@ -99,7 +99,7 @@ def test_one_rectangle_is_a_box_in_the_spatial_dims(spatial_dims):
         box = []
         for dim, side in enumerate(spatial):
             other = tuple(d for d in range(spatial_dims) if d != dim)
-            present = holes.any(dim=other) if other else holes
+            present = holes.permute(dim, *other).flatten(1).any(1) if other else holes  # any(dim=tuple) is 2.2+
             index = present.nonzero().flatten()
             low, high = int(index.min()), int(index.max()) + 1
             assert high - low <= max(1, int(side * 0.5))

@@ -31,6 +31,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from . import __version__, reference
 from .holes import random_holes
 from .pconv import PConv2d
+from .quirks import profile_events
 
 __all__ = ["CONFIGS", "IMPLS", "MEASURED", "Config", "Impl", "LiveBytes", "Settings", "load_v011", "run_bench"]
 
@@ -339,29 +340,22 @@ def _windows_from_profile(prof: profile) -> dict[str, tuple[int, int]]:
 
     ``prof.events()`` folds allocations into the operators that made them (losing the peaks
     inside an operator), so this reads the raw event tree, where each allocation and free is
-    an event of its own with its size.
+    an event of its own with its size. Empty where this torch does not expose it.
     """
-    from torch._C._profiler import _ExtraFields_Allocation
-
-    assert prof.profiler is not None and prof.profiler.kineto_results is not None
-    stack = list(reversed(prof.profiler.kineto_results.experimental_event_tree()))
-    allocations, windows = [], []
-    while stack:  # depth first, in order: a stable sort on time then keeps ties in order
-        node = stack.pop()
-        stack.extend(reversed(node.children))
-        if isinstance(node.extra_fields, _ExtraFields_Allocation):
-            allocations.append((node.start_time_ns, int(node.extra_fields.alloc_size)))
-        elif node.name.startswith(_WINDOW):
-            windows.append((node.name.removeprefix(_WINDOW), node.start_time_ns, node.end_time_ns))
-    allocations.sort(key=lambda event: event[0])
+    found = profile_events(prof)
+    if found is None:
+        return {}
+    allocations, events = found
     results = {}
-    for name, start, end in windows:
+    for name, start, end in events:
+        if not name.startswith(_WINDOW):
+            continue
         live = peak = 0
         for when, size in allocations:
             if start <= when <= end:
                 live += size
                 peak = max(peak, live)
-        results[name] = (peak, live)
+        results[name.removeprefix(_WINDOW)] = (peak, live)
     return results
 
 
@@ -413,6 +407,8 @@ def measure_memory(impl: Impl, config: Config, settings: Settings) -> dict[str, 
         with meter.window("inference"):
             inference(net, inputs, mask)
     results = meter.results
+    if not results:  # this torch's profiler does not expose allocations: no memory figures
+        return {}
     return {
         "peak forward": results["forward"][0],
         "held forward→backward": results["forward"][1],
@@ -519,19 +515,27 @@ def format_tables(configs: list[Config], recs: list[dict[str, Any]], settings: S
                 row += f"{_ms(r['value']):>9} {spread:<13}{r['ratio_to_conv']:>6.2f}×{r['ratio_to_reference']:>6.2f}×"
             lines.append(row)
         lines.append("")
-        lines.append("memory, MiB".ljust(width) + "".join(f"{metric:^23}" for metric in MEMORY))
-        lines.append(" " * width + f"{'MiB':>9}{'×conv':>7}{'×ref':>7}" * len(MEMORY))
-        for name in names:
-            row = name.ljust(width)
-            for metric in MEMORY:
-                r = get[(config.name, name, f"memory {metric}")]
-                row += f"{_ms(r['value'] / 2**20):>9}{r['ratio_to_conv']:>6.2f}×{r['ratio_to_reference']:>6.2f}×"
-            lines.append(row)
+        if not any(r["metric"].startswith("memory") for r in recs if r["config"] == config.name):
+            lines.append("memory: not measured (this torch's profiler does not expose its allocation events)")
+        else:
+            lines += _memory_table(get, config, names, width)
         errors = [(n, get[(config.name, n, "relative error vs reference")]["value"]) for n in names if n != CONV]
         lines.append("output, max|out - ref| / max|ref|: " + ", ".join(f"{n} {e:.0e}" for n, e in errors))
         tolerance = 1e-3 if settings.dtype in (torch.float32, torch.float64) else 3e-2
         lines += [f"WARNING: {n} does not compute what the reference computes" for n, e in errors if e > tolerance]
     return "\n".join(lines)
+
+
+def _memory_table(get: dict[Any, dict[str, Any]], config: Config, names: list[str], width: int) -> list[str]:
+    lines = ["memory, MiB".ljust(width) + "".join(f"{metric:^23}" for metric in MEMORY)]
+    lines.append(" " * width + f"{'MiB':>9}{'×conv':>7}{'×ref':>7}" * len(MEMORY))
+    for name in names:
+        row = name.ljust(width)
+        for metric in MEMORY:
+            r = get[(config.name, name, f"memory {metric}")]
+            row += f"{_ms(r['value'] / 2**20):>9}{r['ratio_to_conv']:>6.2f}×{r['ratio_to_reference']:>6.2f}×"
+        lines.append(row)
+    return lines
 
 
 def _ms(value: float) -> str:
@@ -605,7 +609,8 @@ def write_chart(path: Path, configs: list[Config], recs: list[dict[str, Any]], e
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install 'torch_pconv[bench]'): no chart"
-    metrics = [f"time {m}" for m in MODES] + [f"memory {m}" for m in MEMORY]
+    measured = {r["metric"] for r in recs}
+    metrics = [m for m in [f"time {m}" for m in MODES] + [f"memory {m}" for m in MEMORY] if m in measured]
     labels = [m.removeprefix("time ").removeprefix("memory ").replace(" ", "\n", 1) for m in metrics]
     shown = [c for c in configs if any(r["config"] == c.name for r in recs)]
     colors = plt.get_cmap("tab10")

@@ -1,11 +1,15 @@
 """The mask arithmetic of a partial convolution, as pure functions of the mask and the geometry.
 
-A mask holds 1 for valid pixels and 0 for holes. Every layout is reduced to a one-channel map of
-valid pixels, ``(B|1, 1, *S)``, plus a channel multiplicity: the number of input channels each
-pixel of that map stands for (``C_in`` for a multi-channel mask or a mask shared by all channels,
-1 for NVIDIA's single-channel mask). The valid pixels under each window are counted by one small
-convolution with a ones kernel, in float32 or wider, so the counts are exact integers whatever the
-input's dtype. From the count ``c`` and the window size ``w`` (``multiplicity * prod(kernel)``):
+A mask holds 1 for valid pixels and 0 for holes. A float mask enters NVIDIA's arithmetic as it is
+(fractional values included); a bool or integer mask means nonzero is valid, so that a 0/255
+image mask works as it is, in eager, compiled, exported and traced code alike.
+
+Every layout is reduced to a one-channel map of valid pixels, ``(B|1, 1, *S)``, plus a channel
+multiplicity: the number of input channels each pixel of that map stands for (``C_in`` for a
+multi-channel mask or a mask shared by all channels, 1 for NVIDIA's single-channel mask). The valid
+pixels under each window are counted by one small convolution with a ones kernel, in float32 or
+wider, so the counts are exact integers whatever the input's dtype. From the count ``c`` and the
+window size ``w`` (``multiplicity * prod(kernel)``):
 
     ratio  = w / (c + 1e-8) * clamp(c, 0, 1)   where c > 0, else 0 (a select, so never inf or NaN)
     update = clamp(c, 0, 1)
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from enum import Enum
 from typing import Any
 
@@ -25,15 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .quirks import autocast_enabled, autocast_off, compiling_or_tracing, tensor_version
+
 __all__ = [
     "EPS",
     "MaskLayout",
     "MaskedInput",
     "PConvError",
+    "channel_constant",
     "channels_per_pixel",
     "check_input",
-    "compiling_or_tracing",
     "count_dtype",
+    "mark_channel_constant",
     "mask_input",
     "ratio_and_update",
     "read_layout",
@@ -89,7 +95,7 @@ def check_input(input: Tensor, spatial_dims: int, in_channels: int, dtype: torch
         raise PConvError(f"input: expected a floating-point dtype, got {input.dtype}")
     if input.shape[1] != in_channels:
         raise PConvError(f"input: expected {in_channels} channels (in_channels), got shape {_shape(input)}")
-    if input.dtype != dtype and not torch.is_autocast_enabled(input.device.type):
+    if input.dtype != dtype and not autocast_enabled(input.device.type):
         raise PConvError(f"input: expected dtype {dtype} (the layer's parameters), got {input.dtype}")
 
 
@@ -99,8 +105,8 @@ def read_layout(mask: Tensor, input: Tensor, in_channels: int, multi_channel: bo
         raise PConvError(f"mask_in: expected a torch.Tensor or None, got {type(mask).__name__}")
     if mask.device != input.device:
         raise PConvError(f"mask_in: expected a tensor on {input.device} (the input's device), got {mask.device}")
-    if mask.is_complex() or not (mask.is_floating_point() or mask.dtype == torch.bool or _is_integer(mask)):
-        raise PConvError(f"mask_in: expected a float, bool or integer 0/1 mask, got dtype {mask.dtype}")
+    if mask.is_complex():
+        raise PConvError(f"mask_in: expected a float, bool or integer mask, got dtype {mask.dtype}")
     spatial = input.shape[2:]
     n = len(spatial)
     if mask.dim() == n + 1:
@@ -133,18 +139,30 @@ def read_layout(mask: Tensor, input: Tensor, in_channels: int, multi_channel: bo
             f"mask_in: expected {in_channels} channels (in_channels) with multi_channel=True, "
             f"got {channels} channels in a mask of shape {_shape(mask)}"
         )
-    if _is_integer(mask) and mask.numel() and not compiling_or_tracing():  # compilers cannot branch on data
-        low, high = torch.aminmax(mask)
-        if low < 0 or high > 1:
-            raise PConvError(
-                f"mask_in: an integer mask must hold only 0 (hole) and 1 (valid), got values in "
-                f"[{int(low)}, {int(high)}]; divide a 0/255 image mask by 255 or compare it with > 0"
-            )
     return layout
 
 
-def _is_integer(t: Tensor) -> bool:
-    return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+# The attribute by which a returned multi-channel mask carries its one channel to the next layer.
+_CHANNEL = "_torch_pconv_channel"
+
+
+def mark_channel_constant(mask: Tensor, channel: Tensor) -> Tensor:
+    """Tag ``mask`` (B, C, *S), all of whose channels equal ``channel`` (B, *S), with that channel
+    and its current version, so that the next layer counts and applies one channel, not C."""
+    version = tensor_version(mask)
+    if version is not None and not compiling_or_tracing():
+        setattr(mask, _CHANNEL, (channel, version))
+    return mask
+
+
+def channel_constant(mask: Tensor) -> Tensor | None:
+    """The one channel ``mask`` was tagged with by :func:`mark_channel_constant`, unless the mask
+    was edited in place since (or is not tagged): then None."""
+    tagged = getattr(mask, _CHANNEL, None)
+    if tagged is None or compiling_or_tracing():
+        return None
+    channel, version = tagged
+    return channel if tensor_version(mask) == version else None
 
 
 def count_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -156,7 +174,7 @@ def mask_input(input: Tensor, mask: Tensor) -> Tensor:
     """``input * mask``, except that what lies under a 0 never gets through, not even NaN or inf.
 
     Shape:
-        mask: broadcastable to ``input``; float (0/1 or fractional), bool, or 0/1 integer.
+        mask: broadcastable to ``input``; float (0/1 or fractional), bool, or integer (nonzero is valid).
     """
     channels_last = _CHANNELS_LAST.get(input.dim())
     if channels_last is not None and not input.is_contiguous() and input.is_contiguous(memory_format=channels_last):
@@ -199,11 +217,6 @@ class MaskedInput(torch.autograd.Function):
         return grad * mask, None
 
 
-def compiling_or_tracing() -> bool:
-    """Whether torch.compile, torch.export or torch.jit.trace is recording the computation."""
-    return torch.compiler.is_compiling() or bool(torch.jit.is_tracing())  # type: ignore[attr-defined, no-untyped-call]
-
-
 def valid_count(
     valid: Tensor,
     kernel_size: Sequence[int],
@@ -222,10 +235,7 @@ def valid_count(
     where counts above 256 are inexact).
     """
     ones = torch.ones((1, 1, *kernel_size), dtype=valid.dtype, device=valid.device)
-    device = valid.device.type
-    # Devices without autocast (meta) refuse even to disable it.
-    autocast_off = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext()
-    with torch.no_grad(), autocast_off:
+    with torch.no_grad(), autocast_off(valid.device.type):
         return _CONV[len(kernel_size)](valid, ones, None, stride, padding, dilation)
 
 
@@ -249,6 +259,8 @@ def valid_map(mask: Tensor, layout: MaskLayout, in_channels: int, dtype: torch.d
         what NVIDIA's ``(C_out, C_in, *k)`` ones kernel does for every output channel, and it is
         exact for 0/1 masks; a SHARED mask stands for ``C_in`` equal channels.
     """
+    if not mask.is_floating_point():
+        mask = mask != 0  # bool and integer masks: nonzero is valid (a 0/255 PNG mask works as is)
     if layout is MaskLayout.SHARED:
         return mask.unsqueeze(1).to(dtype) * in_channels
     if layout is MaskLayout.MULTI:

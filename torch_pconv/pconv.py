@@ -13,10 +13,11 @@ from .masks import (
     MaskedInput,
     MaskLayout,
     PConvError,
+    channel_constant,
     channels_per_pixel,
     check_input,
-    compiling_or_tracing,
     count_dtype,
+    mark_channel_constant,
     mask_input,
     ratio_and_update,
     read_layout,
@@ -24,6 +25,7 @@ from .masks import (
     valid_map,
     window_size,
 )
+from .quirks import compiling_or_tracing, dispatch_mode_active, may_swap_saved_tensors, tensor_version
 
 if TYPE_CHECKING:
     from tensor_type import Tensor3d, Tensor4d, Tensor5d
@@ -45,31 +47,26 @@ _MASK_ARITHMETIC = """
 """
 
 
-def _may_swap_saved_tensors() -> bool:
-    """Whether the forward may keep the input instead of the masked input for backward.
-
-    Not under saved-tensor hooks of the caller's (activation checkpointing, offloading: what is
-    saved is theirs to manage), nor under torch.func transforms or forward-mode AD, which refuse
-    saved-tensor hooks and custom autograd Functions without a jvp.
-    """
-    autograd = torch._C._autograd
-    return (
-        autograd._saved_tensors_hooks_is_enabled()  # type: ignore[attr-defined]
-        and autograd._top_saved_tensors_default_hooks(False) is None
-        and torch._C._functorch.peek_interpreter_stack() is None
-        and torch.autograd.forward_ad._current_level < 0
-    )
-
-
-def _unchanged(tensor: Tensor, version: int) -> Tensor:
+def _unchanged(tensor: Tensor, version: int | None) -> Tensor:
     """``tensor``, unless it was edited in place since it was saved: then autograd's own error."""
-    if tensor._version != version:
+    if tensor_version(tensor) != version:
         raise RuntimeError(
             "one of the variables needed for gradient computation has been modified by an inplace operation: "
-            f"[{tensor.type()} {list(tensor.shape)}] is at version {tensor._version}; expected version {version} "
-            "instead (saved by a partial convolution)."
+            f"[{tensor.type()} {list(tensor.shape)}] is at version {tensor_version(tensor)}; expected version "
+            f"{version} instead (saved by a partial convolution)."
         )
     return tensor
+
+
+def _cacheable(input: Tensor) -> bool:
+    """Whether mask=None ratios for ``input`` may be taken from, and kept in, the cache.
+
+    Only for a plain tensor with storage, outside any compiler, tracer or dispatch mode: a
+    compiler must see (and fold) the computation; a tracer must record it (its sizes are tensors
+    that would key an entry never hit again); a FakeTensorMode or a subclass would leave tensors
+    without data in the cache, and the next eager call would compute with them.
+    """
+    return not compiling_or_tracing() and type(input) is Tensor and not input.is_meta and not dispatch_mode_active()
 
 
 class _PartialConvNd(_ConvNd):
@@ -80,20 +77,17 @@ class _PartialConvNd(_ConvNd):
     legacy_behaviour: bool
     _ratio_cache: dict[tuple[Any, ...], tuple[Tensor, Tensor]]
     _defaults: ClassVar[dict[str, bool]] = {"multi_channel": False, "return_mask": True, "legacy_behaviour": False}
+    # Whether a multi-channel update mask is returned as an expanded view of one channel (cheap)
+    # or as a tensor of its own (NVIDIA's, for the drop-in classes).
+    _expanded_mask: ClassVar[bool] = True
 
     if TYPE_CHECKING:
 
         def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor: ...
 
     def _init_partial(self, multi_channel: bool, return_mask: bool, legacy_behaviour: bool) -> None:
-        for name, value in (
-            ("multi_channel", multi_channel),
-            ("return_mask", return_mask),
-            ("legacy_behaviour", legacy_behaviour),
-        ):
-            if not isinstance(value, int) and type(value).__name__ not in ("bool", "bool_"):  # numpy.bool(_)
-                raise TypeError(f"{name}: expected a bool, got {value!r}")
-        # NVIDIA's layer takes any truthy value: multi_channel=1 must keep working.
+        # Read with bool(), as NVIDIA's layer does: any truthy or falsy value (1, None, numpy or
+        # torch bools) means what it means there.
         self.multi_channel = bool(multi_channel)
         self.return_mask = bool(return_mask)
         self.legacy_behaviour = bool(legacy_behaviour)
@@ -111,10 +105,13 @@ class _PartialConvNd(_ConvNd):
             layout = read_layout(mask_in, input, self.in_channels, self.multi_channel)
             mask = mask_in.detach()  # the mask is a constant: no gradient flows to it
             counted = layout
-            if layout is MaskLayout.MULTI and mask.shape[1] > 1 and mask.stride(1) == 0:
-                # One channel expanded over all (the mask a multi-channel layer returns): the
-                # same mask for every channel, as a (B, H, W) mask says. Count and apply it once.
-                mask, counted = mask[:, 0], MaskLayout.SHARED
+            if layout is MaskLayout.MULTI and mask.shape[1] > 1:
+                # One channel for all (the mask a multi-channel layer returns, expanded or
+                # materialised): the same mask for every channel, as a (B, H, W) mask says.
+                # Count and apply it once.
+                channel = mask[:, 0] if mask.stride(1) == 0 else channel_constant(mask_in)
+                if channel is not None:
+                    mask, counted = channel, MaskLayout.SHARED
             valid = valid_map(mask, counted, self.in_channels, count_dtype(input.dtype))
             ratio, update = self._ratio_and_update(valid, counted)
             output = self._masked_conv(
@@ -126,7 +123,7 @@ class _PartialConvNd(_ConvNd):
 
     def _masked_conv(self, input: Tensor, mask: Tensor, ratio: Tensor, update: Tensor) -> Tensor:
         """The partial convolution of ``input`` under ``mask`` (broadcastable to it)."""
-        if not torch.is_grad_enabled() or compiling_or_tracing() or not _may_swap_saved_tensors():
+        if not torch.is_grad_enabled() or compiling_or_tracing() or not may_swap_saved_tensors():
             return self._scaled_conv(mask_input(input, mask), ratio, update)
         masked: Tensor = MaskedInput.apply(input, mask)  # type: ignore[no-untyped-call]
         # Autograd would keep the masked input, a full-size copy, for the weight gradient. Keep
@@ -134,12 +131,12 @@ class _PartialConvNd(_ConvNd):
         # output) and the mask, and recompute the masked input in backward: it is exact. The hook
         # matches the masked input by id, so that it holds no reference to it. Tensors saved
         # through hooks lose autograd's check against in-place edits before backward: redo it.
-        masked_id, input_version, mask_version = id(masked), input._version, mask._version
+        masked_id, input_version, mask_version = id(masked), tensor_version(input), tensor_version(mask)
 
-        def pack(saved: Tensor) -> tuple[Tensor, int] | None:
-            return None if id(saved) == masked_id else (saved, saved._version)
+        def pack(saved: Tensor) -> tuple[Tensor, int | None] | None:
+            return None if id(saved) == masked_id else (saved, tensor_version(saved))
 
-        def unpack(packed: tuple[Tensor, int] | None) -> Tensor:
+        def unpack(packed: tuple[Tensor, int | None] | None) -> Tensor:
             if packed is not None:
                 return _unchanged(*packed)
             _unchanged(input, input_version)
@@ -158,9 +155,7 @@ class _PartialConvNd(_ConvNd):
     def _padding_ratio(self, input: Tensor) -> tuple[Tensor, Tensor]:
         """Ratio and update for mask=None: a function of the spatial size alone, so cached."""
         dtype = count_dtype(input.dtype)
-        # Let a compiler see (and fold) the computation; a tracer must record it (its sizes are
-        # tensors, so they would key a cache entry that is never hit again).
-        if compiling_or_tracing():
+        if not _cacheable(input):
             return self._ratio_and_update(self._all_valid(input, dtype), MaskLayout.NONE)
         geometry = (self.kernel_size, self.stride, self.padding, self.dilation, self.in_channels, self.multi_channel)
         key = (input.shape[2:], input.device, dtype, torch.is_inference_mode_enabled(), geometry)
@@ -197,7 +192,10 @@ class _PartialConvNd(_ConvNd):
         # NVIDIA multiplies by the update twice when there is a bias: a no-op for 0/1 masks,
         # kept so fractional masks follow its arithmetic.
         bias_view = bias.view(1, -1, *(1,) * len(self.kernel_size))
-        return output.mul_(ratio * update).addcmul_(bias_view, update)
+        # Bias and update in the output's dtype (a no-op but under autocast): torch 2.1 fails an
+        # internal assert on a mixed-dtype in-place addcmul on CPU. The update is 0/1 for 0/1 masks.
+        dtype = output.dtype
+        return output.mul_(ratio * update).addcmul_(bias_view.to(dtype), update.to(dtype))
 
     def _returned_mask(self, update: Tensor, layout: MaskLayout, input: Tensor, mask_in: Tensor | None) -> Tensor:
         """The update mask in the layout the mask came in, in the input's dtype."""
@@ -207,7 +205,11 @@ class _PartialConvNd(_ConvNd):
             return update.squeeze(1)
         if layout is MaskLayout.MULTI or (layout is MaskLayout.NONE and self.multi_channel):
             batch = input.shape[0] if mask_in is None else update.shape[0]
-            return update.expand(batch, self.out_channels, *update.shape[2:])
+            expanded = update.expand(batch, self.out_channels, *update.shape[2:])
+            if self._expanded_mask:
+                return expanded
+            # NVIDIA's layer returns a tensor of its own, which its users reshape and edit in place.
+            return mark_channel_constant(expanded.contiguous(), update[:, 0])
         return update
 
     def get_weight(self) -> Tensor:
@@ -239,6 +241,13 @@ class _PartialConvNd(_ConvNd):
         # torch-pconv 0.1.1 kept the weight in a sub-convolution, the ones kernel of its mask
         # convolution as a parameter, and the bias as (1, out_channels, 1, 1).
         legacy_weight = state_dict.pop(prefix + "regular_conv.weight", None)
+        if legacy_weight is not None and prefix + "weight" in state_dict:
+            error_msgs: list[str] = args[-1]
+            error_msgs.append(
+                f"both {prefix}weight and torch-pconv 0.1.1's {prefix}regular_conv.weight are given for one "
+                "layer: keep one of them (this state_dict mixes two checkpoints)"
+            )
+            return
         if legacy_weight is not None:
             state_dict[prefix + "weight"] = legacy_weight
             state_dict.pop(prefix + "mask_conv.weight", None)
@@ -431,6 +440,7 @@ class PartialConv1d(PConv1d):
     __doc__ = ":class:`PConv1d` with NVIDIA's default ``return_mask=False``.\n\n    " + (PConv1d.__doc__ or "")
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
+    _expanded_mask: ClassVar[bool] = False
 
     def __init__(self, *args: Any, return_mask: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, return_mask=return_mask, **kwargs)
@@ -446,6 +456,7 @@ class PartialConv2d(PConv2d):
     """ + (PConv2d.__doc__ or "")
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
+    _expanded_mask: ClassVar[bool] = False
 
     def __init__(self, *args: Any, return_mask: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, return_mask=return_mask, **kwargs)
@@ -457,6 +468,7 @@ class PartialConv3d(PConv3d):
     )
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
+    _expanded_mask: ClassVar[bool] = False
 
     def __init__(self, *args: Any, return_mask: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, return_mask=return_mask, **kwargs)

@@ -1,0 +1,125 @@
+"""torch_pconv.quirks: each version-dependent feature, and its fallback where a torch lacks it.
+
+The fallbacks are what older torch releases take; here they are forced by hiding the feature, and
+the layer must still compute what the reference computes.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from torch_pconv import PConv2d, quirks
+from torch_pconv import reference as nvidia
+from torch_pconv.bench import LiveBytes
+
+
+def _pair() -> tuple[PConv2d, nvidia.PartialConv2d]:
+    torch.manual_seed(0)
+    ref = nvidia.PartialConv2d(3, 4, 3, padding=1, return_mask=True).double()
+    ours = PConv2d(3, 4, 3, padding=1, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    return ours, ref
+
+
+def _agree(ours: nn.Module, ref: nn.Module, masked: bool = True) -> None:
+    """Forward and input/weight gradients of ``ours`` equal the reference's in float64."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    mask = (torch.rand(2, 1, 8, 8, generator=g) > 0.4).double() if masked else None
+    results = []
+    for layer in (ours, ref):
+        layer.zero_grad()
+        xi = x.clone().requires_grad_()
+        out, _ = layer(xi, mask)
+        out.square().sum().backward()
+        results.append((out.detach(), xi.grad, layer.weight.grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12 * b.abs().max().item())
+
+
+def test_is_compiling_is_false_in_eager_code() -> None:
+    assert quirks.is_compiling() is False
+    assert quirks.compiling_or_tracing() is False
+
+
+def test_is_compiling_falls_back_to_dynamo(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch 2.1 and 2.2 have no torch.compiler.is_compiling.
+    import torch._dynamo
+
+    monkeypatch.setattr(torch, "compiler", types.SimpleNamespace())
+    assert quirks._find_is_compiling() is torch._dynamo.is_compiling
+
+
+@pytest.mark.filterwarnings("ignore:torch.is_autocast_cpu_enabled:DeprecationWarning")
+def test_autocast_enabled_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert quirks.autocast_enabled("cpu") is False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert quirks.autocast_enabled("cpu") is True
+    # Before 2.4, torch.is_autocast_enabled took no device type: the per-device functions.
+    monkeypatch.setattr(quirks, "_AUTOCAST_TAKES_DEVICE_TYPE", False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert quirks.autocast_enabled("cpu") is True
+    assert quirks.autocast_enabled("cpu") is False
+    assert quirks.autocast_enabled("no-such-device") is False
+
+
+def test_autocast_off_without_is_autocast_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before 2.4 there is no torch.amp.is_autocast_available: constructing autocast is the probe.
+    monkeypatch.setattr(torch, "amp", types.SimpleNamespace())
+    assert quirks._has_autocast("cpu") is True
+    assert quirks._has_autocast("meta") is False
+    monkeypatch.setattr(quirks, "_HAS_AUTOCAST", {})
+    with torch.autocast("cpu", dtype=torch.bfloat16), quirks.autocast_off("cpu"):
+        assert not quirks.autocast_enabled("cpu")
+    with quirks.autocast_off("meta"):  # a no-op, not an error
+        pass
+
+
+def test_meta_tensors_run_through_the_layer() -> None:
+    layer = PConv2d(3, 4, 3, padding=1, device="meta")
+    out, mask = layer(torch.empty(2, 3, 8, 8, device="meta"), torch.empty(2, 1, 8, 8, device="meta"))
+    assert out.shape == (2, 4, 8, 8) and mask.shape == (2, 1, 8, 8)
+
+
+def test_may_swap_saved_tensors_fails_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Missing private autograd state (torch 2.1 to 2.5 lack _top_saved_tensors_default_hooks):
+    # the layer keeps what autograd would keep, and computes the same gradients.
+    ours, ref = _pair()
+    monkeypatch.setattr(torch._C, "_autograd", types.SimpleNamespace())
+    assert quirks.may_swap_saved_tensors() is False
+    _agree(ours, ref)
+
+
+def test_dispatch_mode_active_fails_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert quirks.dispatch_mode_active() is False
+    monkeypatch.delattr(torch._C, "_len_torch_dispatch_stack")
+    assert quirks.dispatch_mode_active() is True
+    ours, ref = _pair()
+    _agree(ours, ref, masked=False)
+    assert ours._ratio_cache == {}  # never cached where it cannot tell
+
+
+def test_tensor_version_fails_safe() -> None:
+    t = torch.zeros(3)
+    before = quirks.tensor_version(t)
+    t.add_(1)
+    assert quirks.tensor_version(t) == before + 1
+    with torch.inference_mode():
+        assert quirks.tensor_version(torch.zeros(3)) is None  # inference tensors keep no count
+    assert quirks.tensor_version(types.SimpleNamespace()) is None  # type: ignore[arg-type]
+
+
+def test_profile_events_fall_back_to_no_memory_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(64, 64)
+    with LiveBytes("cpu") as meter, meter.window("w"):
+        (x @ x).sum()
+    assert meter.results["w"][0] >= 64 * 64 * 4
+    monkeypatch.setattr(quirks, "profile_events", lambda prof: None)
+    monkeypatch.setattr("torch_pconv.bench.profile_events", lambda prof: None)
+    with LiveBytes("cpu") as meter, meter.window("w"):
+        (x @ x).sum()
+    assert meter.results == {}
