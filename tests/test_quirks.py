@@ -85,15 +85,6 @@ def test_meta_tensors_run_through_the_layer() -> None:
     assert out.shape == (2, 4, 8, 8) and mask.shape == (2, 1, 8, 8)
 
 
-def test_may_swap_saved_tensors_fails_safe(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Missing private autograd state (torch 2.1 to 2.5 lack _top_saved_tensors_default_hooks):
-    # the layer keeps what autograd would keep, and computes the same gradients.
-    ours, ref = _pair()
-    monkeypatch.setattr(torch._C, "_autograd", types.SimpleNamespace())
-    assert quirks.may_swap_saved_tensors() is False
-    _agree(ours, ref)
-
-
 def test_dispatch_mode_active_fails_safe(monkeypatch: pytest.MonkeyPatch) -> None:
     assert quirks.dispatch_mode_active() is False
     monkeypatch.delattr(torch._C, "_len_torch_dispatch_stack")
@@ -123,3 +114,19 @@ def test_profile_events_fall_back_to_no_memory_figures(monkeypatch: pytest.Monke
     with LiveBytes("cpu") as meter, meter.window("w"):
         (x @ x).sum()
     assert meter.results == {}
+
+
+def test_bit_views_batch_falls_back_to_where(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch 2.1's vmap cannot batch Tensor.view(dtype): the masking then selects with torch.where.
+    from torch_pconv.masks import mask_input
+
+    assert quirks.bit_views_batch() is True  # this torch
+    x = torch.randn(2, 3, 5, 5)
+    x[:, :, 0] = float("nan")
+    mask = (torch.rand(2, 1, 5, 5) > 0.5).float()
+    mask[:, :, 0] = 0
+    expected = mask_input(x, mask)
+    monkeypatch.setattr(quirks, "_BIT_VIEWS_BATCH", [False])
+    assert quirks.bit_views_batch() is False
+    assert torch.equal(mask_input(x, mask), expected)
+    assert torch.isfinite(expected).all()

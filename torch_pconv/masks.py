@@ -22,18 +22,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from enum import Enum
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .quirks import autocast_enabled, autocast_off, compiling_or_tracing, tensor_version
+from .quirks import autocast_enabled, autocast_off, bit_views_batch, compiling_or_tracing, tensor_version
 
 __all__ = [
     "EPS",
     "MaskLayout",
-    "MaskedInput",
     "PConvError",
     "channel_constant",
     "channels_per_pixel",
@@ -177,14 +175,21 @@ def mask_input(input: Tensor, mask: Tensor) -> Tensor:
         mask: broadcastable to ``input``; float (0/1 or fractional), bool, or integer (nonzero is valid).
     """
     channels_last = _CHANNELS_LAST.get(input.dim())
-    if channels_last is not None and not input.is_contiguous() and input.is_contiguous(memory_format=channels_last):
+    # Channels last: the channels are the innermost dimension (asked through a permute, which
+    # vmap supports, where it does not support is_contiguous(memory_format=...)).
+    if channels_last is not None and not input.is_contiguous() and input.movedim(1, -1).is_contiguous():
         # Elementwise results are laid out like their first operand that is not broadcast: give
         # the mask the input's layout, or a channels_last input would give a contiguous output.
         mask = mask.contiguous(memory_format=channels_last)
     keep = mask if mask.dtype == torch.bool else mask != 0
     words = _SAME_SIZE_INT.get(input.dtype)
     # Compilers fuse the select, exporters know no bit views, and autograd cannot go through them.
-    if words is None or compiling_or_tracing() or (input.requires_grad and torch.is_grad_enabled()):
+    if (
+        words is None
+        or compiling_or_tracing()
+        or (input.requires_grad and torch.is_grad_enabled())
+        or not bit_views_batch()  # the input may be a vmap batch
+    ):
         masked = torch.where(keep, input, 0)
         return masked.mul_(mask) if mask.is_floating_point() else masked
     # NaN * 0 is NaN, so a multiply alone lets NaN and inf through. AND-ing the input's bits with
@@ -197,24 +202,6 @@ def mask_input(input: Tensor, mask: Tensor) -> Tensor:
     masked = input * mask.to(input.dtype)  # fractional masks scale what they let through
     masked.view(words).bitwise_and_(bits)
     return masked
-
-
-class MaskedInput(torch.autograd.Function):
-    """:func:`mask_input`, differentiable in the input, keeping nothing but the mask for backward.
-
-    Autograd would also keep the select's condition, a full-size bool tensor for a multi-channel
-    mask, and take two passes back through select and multiply; the gradient is ``grad * mask``.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, input: Tensor, mask: Tensor) -> Tensor:
-        ctx.save_for_backward(mask)
-        return mask_input(input, mask)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
 
 
 def valid_count(

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
 from torch.nn.modules.conv import _ConvNd
 
+from .function import Geometry, PartialConvFunction, partial_conv
 from .masks import (
-    MaskedInput,
     MaskLayout,
     PConvError,
     channel_constant,
@@ -18,14 +18,13 @@ from .masks import (
     check_input,
     count_dtype,
     mark_channel_constant,
-    mask_input,
     ratio_and_update,
     read_layout,
     valid_count,
     valid_map,
     window_size,
 )
-from .quirks import compiling_or_tracing, dispatch_mode_active, may_swap_saved_tensors, tensor_version
+from .quirks import autocast_dtype, autocast_enabled, autocast_off, compiling_or_tracing, dispatch_mode_active
 
 if TYPE_CHECKING:
     from tensor_type import Tensor3d, Tensor4d, Tensor5d
@@ -47,15 +46,14 @@ _MASK_ARITHMETIC = """
 """
 
 
-def _unchanged(tensor: Tensor, version: int | None) -> Tensor:
-    """``tensor``, unless it was edited in place since it was saved: then autograd's own error."""
-    if tensor_version(tensor) != version:
-        raise RuntimeError(
-            "one of the variables needed for gradient computation has been modified by an inplace operation: "
-            f"[{tensor.type()} {list(tensor.shape)}] is at version {tensor_version(tensor)}; expected version "
-            f"{version} instead (saved by a partial convolution)."
-        )
-    return tensor
+def _apply(*args: Any) -> Tensor:
+    output: Tensor = PartialConvFunction.apply(*args)  # type: ignore[no-untyped-call]
+    return output
+
+
+def _autocast_cast(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """What autocast does to a convolution's operand: float32 (not float64) goes to ``dtype``."""
+    return tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != torch.float64 else tensor
 
 
 def _cacheable(input: Tensor) -> bool:
@@ -97,10 +95,10 @@ class _PartialConvNd(_ConvNd):
 
     def _partial_forward(self, input: Tensor, mask_in: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
         check_input(input, len(self.kernel_size), self.in_channels, self.weight.dtype)
+        mask: Tensor | None = None
         if mask_in is None:
             layout = MaskLayout.NONE
             ratio, update = self._padding_ratio(input)
-            output = self._scaled_conv(input, ratio, update)
         else:
             layout = read_layout(mask_in, input, self.in_channels, self.multi_channel)
             mask = mask_in.detach()  # the mask is a constant: no gradient flows to it
@@ -114,38 +112,50 @@ class _PartialConvNd(_ConvNd):
                     mask, counted = channel, MaskLayout.SHARED
             valid = valid_map(mask, counted, self.in_channels, count_dtype(input.dtype))
             ratio, update = self._ratio_and_update(valid, counted)
-            output = self._masked_conv(
-                input, mask.unsqueeze(1) if counted is MaskLayout.SHARED else mask, ratio, update
-            )
+            if counted is MaskLayout.SHARED:
+                mask = mask.unsqueeze(1)
+        output = self._masked_conv(input, mask, ratio, update)
         if not self.return_mask:
             return output
         return output, self._returned_mask(update, layout, input, mask_in)
 
-    def _masked_conv(self, input: Tensor, mask: Tensor, ratio: Tensor, update: Tensor) -> Tensor:
-        """The partial convolution of ``input`` under ``mask`` (broadcastable to it)."""
-        if not torch.is_grad_enabled() or compiling_or_tracing() or not may_swap_saved_tensors():
-            return self._scaled_conv(mask_input(input, mask), ratio, update)
-        masked: Tensor = MaskedInput.apply(input, mask)  # type: ignore[no-untyped-call]
-        # Autograd would keep the masked input, a full-size copy, for the weight gradient. Keep
-        # the input instead (which the layer before usually keeps anyway, as a ReLU keeps its
-        # output) and the mask, and recompute the masked input in backward: it is exact. The hook
-        # matches the masked input by id, so that it holds no reference to it. Tensors saved
-        # through hooks lose autograd's check against in-place edits before backward: redo it.
-        masked_id, input_version, mask_version = id(masked), tensor_version(input), tensor_version(mask)
+    def _masked_conv(self, input: Tensor, mask: Tensor | None, ratio: Tensor, update: Tensor) -> Tensor:
+        """The partial convolution of ``input`` under ``mask`` (None, or broadcastable to it)."""
+        weight, bias = self.weight, self.bias
+        geometry = self._geometry()
+        # Compilers, tracers and exporters record the plain ops (a compiler then chooses what to
+        # keep for backward); without grad there is no backward; padding modes other than zeros
+        # pad inside nn.ConvNd, which the Function's backward does not model.
+        if geometry is None or not torch.is_grad_enabled() or compiling_or_tracing():
+            return partial_conv(input, weight, bias, mask, ratio, update, self._conv_forward, self.legacy_behaviour)
+        device = input.device.type
+        if not autocast_enabled(device):
+            return _apply(input, weight, bias, mask, ratio, update, geometry, self.legacy_behaviour)
+        # Autocast runs a convolution in its lower precision: cast as it would, then run the
+        # Function without it, so that its backward sees the dtypes its forward saw.
+        dtype = autocast_dtype(device)
+        if dtype is None:  # pragma: no cover - a device whose autocast dtype this torch does not tell
+            return partial_conv(input, weight, bias, mask, ratio, update, self._conv_forward, self.legacy_behaviour)
+        input, weight = _autocast_cast(input, dtype), _autocast_cast(weight, dtype)
+        bias = None if bias is None else _autocast_cast(bias, dtype)
+        with autocast_off(device):
+            return _apply(input, weight, bias, mask, ratio, update, geometry, self.legacy_behaviour)
 
-        def pack(saved: Tensor) -> tuple[Tensor, int | None] | None:
-            return None if id(saved) == masked_id else (saved, tensor_version(saved))
-
-        def unpack(packed: tuple[Tensor, int | None] | None) -> Tensor:
-            if packed is not None:
-                return _unchanged(*packed)
-            _unchanged(input, input_version)
-            _unchanged(mask, mask_version)
-            recomputed: Tensor = MaskedInput.apply(input, mask)  # type: ignore[no-untyped-call]
-            return recomputed
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            return self._scaled_conv(masked, ratio, update)
+    def _geometry(self) -> Geometry | None:
+        """Stride, explicit zero padding, dilation and groups; None where padding is not zeros on
+        both sides alike (another padding_mode, or 'same' with an even window)."""
+        if self.padding_mode != "zeros":
+            return None
+        padding = self.padding
+        if padding == "valid":
+            padding = (0,) * len(self.kernel_size)
+        elif padding == "same":
+            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
+            if any(total % 2 for total in totals):
+                return None
+            padding = tuple(total // 2 for total in totals)
+        assert not isinstance(padding, str)
+        return Geometry(tuple(self.stride), tuple(padding), tuple(self.dilation), self.groups)
 
     def _ratio_and_update(self, valid: Tensor, layout: MaskLayout) -> tuple[Tensor, Tensor]:
         count = valid_count(valid, self.kernel_size, self.stride, self.padding, self.dilation)
@@ -171,31 +181,6 @@ class _PartialConvNd(_ConvNd):
         """The valid map of mask=None: every entry valid, at NVIDIA's scale (C_in with multi_channel)."""
         channels = channels_per_pixel(MaskLayout.NONE, self.in_channels, self.multi_channel)
         return torch.full((1, 1, *input.shape[2:]), channels, dtype=dtype, device=input.device)
-
-    def _scaled_conv(self, masked: Tensor, ratio: Tensor, update: Tensor) -> Tensor:
-        """The weight convolution, once, and the ratio and bias applied in place on its output.
-
-        The ratio stays in float32 or wider whatever the output's dtype: in-place products round
-        once into the output, and a float16 ratio would overflow for windows above 65504.
-        """
-        bias = self.bias
-        if self.legacy_behaviour:  # NVIDIA's order of operations, bit for bit
-            output = self._conv_forward(masked, self.weight, bias)
-            if bias is None:
-                return output.mul_(ratio)
-            bias_view = bias.view(1, -1, *(1,) * len(self.kernel_size))
-            return output.sub_(bias_view).mul_(ratio).add_(bias_view).mul_(update)
-        # The bias never enters the convolution: (conv + b - b) would only add rounding.
-        output = self._conv_forward(masked, self.weight, None)
-        if bias is None:
-            return output.mul_(ratio)
-        # NVIDIA multiplies by the update twice when there is a bias: a no-op for 0/1 masks,
-        # kept so fractional masks follow its arithmetic.
-        bias_view = bias.view(1, -1, *(1,) * len(self.kernel_size))
-        # Bias and update in the output's dtype (a no-op but under autocast): torch 2.1 fails an
-        # internal assert on a mixed-dtype in-place addcmul on CPU. The update is 0/1 for 0/1 masks.
-        dtype = output.dtype
-        return output.mul_(ratio * update).addcmul_(bias_view.to(dtype), update.to(dtype))
 
     def _returned_mask(self, update: Tensor, layout: MaskLayout, input: Tensor, mask_in: Tensor | None) -> Tensor:
         """The update mask in the layout the mask came in, in the input's dtype."""

@@ -10,21 +10,22 @@ sometimes slower or leaner in what it reports. Checked on torch 2.1.2, 2.13.0 an
 - ``autocast_enabled(device_type)``: ``torch.is_autocast_enabled`` takes a device type since 2.4;
   before, there was one function per device (``torch.is_autocast_cpu_enabled`` ...; the bare
   ``is_autocast_enabled()`` meant CUDA). Fallback: that per-device function, or False.
+- ``autocast_dtype(device_type)``: ``torch.get_autocast_dtype`` (2.4); before, one function per
+  device (``get_autocast_cpu_dtype``, ``get_autocast_gpu_dtype``). Unknown: None, and the layer
+  runs its plain ops under autocast (correct; they keep the masked input for backward).
 - ``autocast_off(device_type)``: a context that disables autocast, for the exact mask counts.
   ``torch.amp.is_autocast_available`` (2.4) says which devices have autocast (meta, for one,
   refuses even to disable it); before, constructing ``torch.autocast`` is the probe. Either
   answer is memoised per device type, so that compiled code sees a dict lookup, not the probe
-  (dynamo could not trace ``is_autocast_available`` before 2.6: a graph break).
+  (dynamo on torch 2.5 breaks the graph at ``is_autocast_available``).
 - ``dispatch_mode_active``: ``torch._C._len_torch_dispatch_stack`` tells whether a dispatch mode
   (FakeTensorMode, a tracer's mode) is on, under which the mask=None cache must neither be
   filled nor trusted. Missing: True, so the layer never caches (correct, one small convolution
   more per call).
-- ``may_swap_saved_tensors``: private saved-tensor-hook and functorch state
-  (``torch._C._autograd._saved_tensors_hooks_is_enabled``, ``_top_saved_tensors_default_hooks``,
-  ``torch._C._functorch.peek_interpreter_stack``, ``torch.autograd.forward_ad._current_level``)
-  and ``Tensor._version`` (``tensor_version``). Missing anywhere (``_top_saved_tensors_default_hooks`` is absent
-  from 2.1 to at least 2.5): False, and the layer keeps the masked input for backward as
-  autograd would (correct, one full-size tensor more).
+- ``bit_views_batch``: the NaN-safe masking ANDs the input's bits, through ``Tensor.view(dtype)``,
+  which ``torch.func.vmap`` cannot batch on torch 2.1 (no batching rule for ``aten::view.dtype``).
+  Probed once, on first use: where it fails, the masking always takes ``torch.where`` (correct,
+  slower on the CPU).
 - ``tensor_version``: ``Tensor._version``, autograd's count of in-place edits, also tells a
   returned multi-channel mask that still holds the one channel it was made from. Missing (or
   an inference tensor, which keeps no count): None, and the next layer counts every channel.
@@ -44,12 +45,13 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "autocast_dtype",
     "autocast_enabled",
     "autocast_off",
+    "bit_views_batch",
     "compiling_or_tracing",
     "dispatch_mode_active",
     "is_compiling",
-    "may_swap_saved_tensors",
     "profile_events",
     "tensor_version",
 ]
@@ -85,8 +87,19 @@ def _autocast_takes_device_type() -> bool:
 _AUTOCAST_TAKES_DEVICE_TYPE = _autocast_takes_device_type()
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs ``device_type``'s convolutions in; None if this torch cannot tell."""
+    get = getattr(torch, "get_autocast_dtype", None)
+    if get is not None:
+        return get(device_type)  # type: ignore[no-any-return]
+    legacy = {"cpu": "get_autocast_cpu_dtype", "cuda": "get_autocast_gpu_dtype"}.get(device_type)
+    return getattr(torch, legacy)() if legacy and hasattr(torch, legacy) else None
+
+
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` ('cpu', 'cuda', ...)."""
+    if not _autocast_available(device_type):  # meta, for one: asking raises
+        return False
     if _AUTOCAST_TAKES_DEVICE_TYPE:
         return bool(torch.is_autocast_enabled(device_type))
     if device_type == "cuda":
@@ -97,14 +110,14 @@ def autocast_enabled(device_type: str) -> bool:
 
 def _has_autocast(device_type: str) -> bool:
     available = getattr(getattr(torch, "amp", None), "is_autocast_available", None)
-    if available is not None:
-        return bool(available(device_type))
     try:
+        if available is not None:
+            return bool(available(device_type))
         with warnings.catch_warnings():  # 'CUDA is not available': autocast then disables itself
             warnings.simplefilter("ignore")
             with torch.autocast(device_type, enabled=False):
                 pass
-    except (RuntimeError, ValueError):
+    except (RuntimeError, ValueError):  # not a device type, or one without autocast
         return False
     return True
 
@@ -112,12 +125,30 @@ def _has_autocast(device_type: str) -> bool:
 _HAS_AUTOCAST = {device_type: _has_autocast(device_type) for device_type in ("cpu", "cuda")}
 
 
-def autocast_off(device_type: str) -> AbstractContextManager[Any]:
-    """A context with autocast disabled on ``device_type``; a no-op where it has no autocast."""
+def _autocast_available(device_type: str) -> bool:
     has = _HAS_AUTOCAST.get(device_type)
     if has is None:
         has = _HAS_AUTOCAST[device_type] = _has_autocast(device_type)
-    return torch.autocast(device_type, enabled=False) if has else nullcontext()
+    return has
+
+
+def autocast_off(device_type: str) -> AbstractContextManager[Any]:
+    """A context with autocast disabled on ``device_type``; a no-op where it has no autocast."""
+    return torch.autocast(device_type, enabled=False) if _autocast_available(device_type) else nullcontext()
+
+
+_BIT_VIEWS_BATCH: list[bool] = []
+
+
+def bit_views_batch() -> bool:
+    """Whether ``torch.func.vmap`` batches ``Tensor.view(dtype)`` (probed once)."""
+    if not _BIT_VIEWS_BATCH:
+        try:
+            torch.func.vmap(lambda t: t.view(torch.int32))(torch.zeros(2, 2))
+            _BIT_VIEWS_BATCH.append(True)
+        except RuntimeError:
+            _BIT_VIEWS_BATCH.append(False)
+    return _BIT_VIEWS_BATCH[0]
 
 
 def dispatch_mode_active() -> bool:
@@ -133,22 +164,6 @@ def tensor_version(tensor: Tensor) -> int | None:
         return int(tensor._version)
     except (AttributeError, RuntimeError):
         return None
-
-
-def may_swap_saved_tensors() -> bool:
-    """Whether no saved-tensor hooks of the caller's, torch.func transform or forward-mode AD is
-    active, so that the layer may choose what autograd saves. False wherever it cannot tell."""
-    try:
-        autograd: Any = torch._C._autograd
-        functorch: Any = torch._C._functorch
-        return bool(
-            autograd._saved_tensors_hooks_is_enabled()
-            and autograd._top_saved_tensors_default_hooks(False) is None
-            and functorch.peek_interpreter_stack() is None
-            and torch.autograd.forward_ad._current_level < 0
-        )
-    except (AttributeError, TypeError, RuntimeError):
-        return False
 
 
 def profile_events(prof: Any) -> tuple[list[tuple[int, int]], list[tuple[str, int, int]]] | None:
