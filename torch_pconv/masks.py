@@ -11,7 +11,7 @@ pixels under each window are counted by one small convolution with a ones kernel
 wider, so the counts are exact integers whatever the input's dtype. From the count ``c`` and the
 window size ``w`` (``multiplicity * prod(kernel)``):
 
-    ratio  = w / (c + 1e-8) * clamp(c, 0, 1)   where c > 0, else 0 (a select, so never inf or NaN)
+    ratio  = w / (max(c, 0) + 1e-8) * clamp(c, 0, 1)   (0 where c = 0, never inf or NaN)
     update = clamp(c, 0, 1)
 
 which is NVIDIA's arithmetic, operation for operation, at NVIDIA's scale for each layout.
@@ -218,12 +218,16 @@ def valid_count(
         integers (for 0/1 maps) in the same dtype.
 
     Zero padding always, as in NVIDIA's layer, whatever the layer's padding_mode: padded pixels
-    are holes. Runs without grad and with autocast off (CPU autocast would compute it in bfloat16,
-    where counts above 256 are inexact).
+    are holes. ``valid`` never requires grad (it is made from a detached mask), so nothing is
+    recorded; autocast is turned off where it is on (CPU autocast would count in bfloat16, where
+    counts above 256 are inexact).
     """
     ones = torch.ones((1, 1, *kernel_size), dtype=valid.dtype, device=valid.device)
-    with torch.no_grad(), autocast_off(valid.device.type):
-        return _CONV[len(kernel_size)](valid, ones, None, stride, padding, dilation)
+    conv = _CONV[len(kernel_size)]
+    if not autocast_enabled(valid.device.type):
+        return conv(valid, ones, None, stride, padding, dilation)
+    with autocast_off(valid.device.type):
+        return conv(valid, ones, None, stride, padding, dilation)
 
 
 def channels_per_pixel(layout: MaskLayout, in_channels: int, multi_channel: bool) -> int:
@@ -261,9 +265,11 @@ def ratio_and_update(count: Tensor, window: int) -> tuple[Tensor, Tensor]:
     ``count`` and ``window`` must be at NVIDIA's scale for the layout (the count summed over the
     channels the window spans), so that the division rounds exactly as the reference's does.
     """
-    with torch.no_grad():
-        update = count.clamp(0, 1)
-        ratio = torch.where(count > 0, window / (count + EPS) * update, 0.0)
+    update = count.clamp(0, 1)
+    # NVIDIA's window / (count + eps) * update, on the count clamped at 0 first: a window with no
+    # valid entry gets window / eps (finite) times an update of 0, exactly 0, and a negative count
+    # (from negative mask values) never divides by a number near 0.
+    ratio = window / (count.clamp(min=0) + EPS) * update
     return ratio, update
 
 
