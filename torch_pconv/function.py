@@ -20,14 +20,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .masks import mask_input
+from .masks import _CONV, mask_input
 
 __all__ = ["Conv", "Geometry", "PartialConvFunction", "partial_conv"]
-
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 class Geometry(NamedTuple):

@@ -26,9 +26,6 @@ from .masks import (
 )
 from .quirks import autocast_dtype, autocast_enabled, autocast_off, compiling_or_tracing, dispatch_mode_active
 
-if TYPE_CHECKING:
-    from tensor_type import Tensor3d, Tensor4d, Tensor5d
-
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
 __all__ = ["PConv1d", "PConv2d", "PConv3d", "PartialConv1d", "PartialConv2d", "PartialConv3d"]
@@ -36,14 +33,111 @@ __all__ = ["PConv1d", "PConv2d", "PConv3d", "PartialConv1d", "PartialConv2d", "P
 # Distinct spatial sizes (times devices, dtypes, inference modes) whose mask=None ratio is kept.
 _CACHE_SIZE = 8
 
-_MASK_ARITHMETIC = """
-    The mask arithmetic, for a mask of 1 (valid) and 0 (hole), per output pixel::
+_DIMS = {
+    1: ("1-D signals", "Conv1d", "L"),
+    2: ("images", "Conv2d", "H, W"),
+    3: ("volumes", "Conv3d", "D, H, W"),
+}
+_EXAMPLE_SIZE = {1: "32", 2: "32, 32", 3: "8, 32, 32"}
+_HOLE = {1: "8:24", 2: "8:24, 8:24", 3: "2:6, 8:24, 8:24"}
+
+
+def _docstring(dims: int, drop_in: bool = False) -> str:
+    """The class docstring of PConv{dims}d (or of PartialConv{dims}d with ``drop_in``)."""
+    what, conv, names = _DIMS[dims]
+    name = f"PartialConv{dims}d" if drop_in else f"PConv{dims}d"
+    size, hole = _EXAMPLE_SIZE[dims], _HOLE[dims]
+    out = ", ".join(n.strip() + "'" for n in names.split(","))
+    view = "" if drop_in else "; from PConvNd an expanded view of one channel: ``.contiguous()`` copies it"
+    kernel = "k" if dims == 1 else "·".join(f"k{n.strip()}" for n in names.split(","))
+    if drop_in:
+        intro = (
+            f"A drop-in for NVIDIA's ``{name}``: :class:`PConv{dims}d` with NVIDIA's default\n"
+            "    ``return_mask=False``, so that ``forward`` returns the output alone, and a multi-channel\n"
+            "    update mask (with ``return_mask=True``) that is a tensor of its own, as NVIDIA's is."
+        )
+        example_call = "output = layer(x, mask)"
+        example_shape = "output.shape"
+        example_result = f"torch.Size([2, 16, {size}])"
+        return_mask = "False"
+    else:
+        intro = (
+            f"A partial convolution over {what}: an ``nn.{conv}`` that convolves only the valid\n"
+            "    entries of its input and rescales each output by how much of its window was valid."
+        )
+        example_call = "output, new_mask = layer(x, mask)"
+        example_shape = "output.shape, new_mask.shape"
+        example_result = f"(torch.Size([2, 16, {size}]), torch.Size([2, 1, {size}]))"
+        return_mask = "True"
+    return f"""{intro}
+
+    For a mask of 1 (valid) and 0 (hole), at each output position::
 
         count  = valid input entries under the window   (one no-grad convolution, exact integers)
         ratio  = window_size / (count + 1e-8)  where count > 0, else 0
-        update = clamp(count, 0, 1)                      (the mask returned for the next layer)
+        update = clamp(count, 0, 1)                      (the mask for the next layer)
         output = conv(input * mask, weight) * ratio + bias * update
-"""
+
+    ``window_size`` is ``C_in·{kernel}`` for a multi-channel mask or a mask without a channel
+    dimension (the same mask for every channel), ``{kernel}`` for a one-channel mask: NVIDIA's
+    arithmetic, operation for operation. A float mask may hold fractions, which follow that
+    arithmetic; in a bool or integer mask, nonzero is valid. The mask is a constant: no gradient
+    flows to it.
+
+    Args:
+        in_channels (int): Number of channels in the input.
+        out_channels (int): Number of channels produced by the convolution.
+        kernel_size (int or tuple): Size of the convolving kernel.
+        stride (int or tuple, optional): Stride of the convolution. Default: 1
+        padding (int, tuple or str, optional): Zero padding added to all sides of the input, or
+            ``'valid'`` or ``'same'``. Padded positions count as holes. Default: 0
+        dilation (int or tuple, optional): Spacing between kernel elements. Default: 1
+        groups (int, optional): Number of blocked connections from input to output channels.
+            Default: 1
+        bias (bool, optional): If ``True``, adds a learnable bias, which the update mask scales.
+            Default: ``True``
+        padding_mode (str, optional): ``'zeros'``, ``'reflect'``, ``'replicate'`` or
+            ``'circular'``: how the input of the weight convolution is padded (the mask is always
+            zero-padded). Default: ``'zeros'``
+        device (torch.device, optional): Where the parameters are made. Default: None
+        dtype (torch.dtype, optional): The parameters' dtype. Default: None
+        multi_channel (bool, keyword-only): A mask with a channel dimension has ``C_in`` channels,
+            one per input channel (NVIDIA's flag). Default: ``False``
+        return_mask (bool, keyword-only): ``forward`` returns ``(output, update_mask)`` rather
+            than the output alone. Default: ``{return_mask}``
+        legacy_behaviour (bool, keyword-only): Add the bias inside the convolution and take it
+            out again, as NVIDIA's layer does, to match its float32 forward bit for bit (for 0/1
+            masks). Default: ``False``
+
+    Shape:
+        - Input: :math:`(B, C_{{in}}, {names})`, floating point
+        - Mask: ``None`` (partial-convolution-based padding: every input entry valid), or
+          :math:`(B, {names})` (one mask for every channel), :math:`(B, 1, {names})` (NVIDIA's
+          one-channel mask), or :math:`(B, C_{{in}}, {names})` with ``multi_channel=True``; a
+          batch of 1 broadcasts over the input's batch
+        - Output: :math:`(B, C_{{out}}, {out})` where each spatial size is
+
+          .. math::
+              \\text{{out}} = \\left\\lfloor\\frac{{\\text{{in}} + 2 \\times \\text{{padding}}
+              - \\text{{dilation}} \\times (\\text{{kernel\\_size}} - 1) - 1}}{{\\text{{stride}}}}
+              + 1\\right\\rfloor
+
+        - Update mask (with ``return_mask``): in the mask's layout, in the input's dtype:
+          :math:`(B, {out})`, :math:`(B, 1, {out})`, or :math:`(B, C_{{out}}, {out})` (every
+          channel equal{view}); with ``mask=None``, :math:`(1, 1, {out})`, or
+          :math:`(B, C_{{out}}, {out})` with ``multi_channel=True``
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv import {name}
+        >>> layer = {name}(3, 16, kernel_size=3, padding=1)
+        >>> x = torch.randn(2, 3, {size})
+        >>> mask = torch.ones(2, 1, {size})
+        >>> mask[..., {hole}] = 0  # a hole
+        >>> {example_call}
+        >>> {example_shape}
+        {example_result}
+    """
 
 
 def _apply(*args: Any) -> Tensor:
@@ -270,16 +364,7 @@ class _PartialConvNd(_ConvNd):
 
 
 class PConv1d(_PartialConvNd, nn.Conv1d):
-    __doc__ = f"""A partial convolution over 1-D signals, a subclass of ``nn.Conv1d``.
-
-    Takes ``nn.Conv1d``'s arguments, plus keyword-only ``multi_channel``, ``return_mask`` and
-    ``legacy_behaviour`` as in :class:`PConv2d`.
-    {_MASK_ARITHMETIC}
-    Shape:
-        - input: ``(B, C_in, L)``
-        - mask_in: None, ``(B|1, L)``, ``(B|1, 1, L)``, or ``(B|1, C_in, L)`` with multi_channel
-        - output: ``(B, C_out, L')``, and with return_mask the update mask in the mask's layout
-    """
+    __doc__ = _docstring(1)
 
     def __init__(
         self,
@@ -304,8 +389,10 @@ class PConv1d(_PartialConvNd, nn.Conv1d):
         )
         self._init_partial(multi_channel, return_mask, legacy_behaviour)
 
-    def forward(self, input: Tensor3d, mask_in: Tensor | None = None) -> Tensor3d | tuple[Tensor3d, Tensor]:  # type: ignore[override]
-        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; layouts above).
+    # Returns Tensor | tuple[Tensor, Tensor], by return_mask: typed Any, which nn.ConvNd's
+    # forward (-> Tensor) admits as an override.
+    def forward(self, input: Tensor, mask_in: Tensor | None = None) -> Any:
+        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; see Shape).
 
         Returns the output, or ``(output, update_mask)`` when ``return_mask`` is set.
         """
@@ -313,37 +400,7 @@ class PConv1d(_PartialConvNd, nn.Conv1d):
 
 
 class PConv2d(_PartialConvNd, nn.Conv2d):
-    __doc__ = f"""A partial convolution over images, a subclass of ``nn.Conv2d``.
-
-    Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-        padding_mode, device, dtype: as for ``nn.Conv2d``. ``padding_mode`` pads the input of the
-            weight convolution; the mask is always zero-padded (padding counts as holes).
-        multi_channel: a 4-D mask has one channel per input channel (NVIDIA's flag).
-        return_mask: return ``(output, update_mask)`` rather than the output alone.
-        legacy_behaviour: add the bias inside the convolution and remove it again, as NVIDIA's
-            layer does, to match its float32 forward bit for bit (for 0/1 masks).
-    {_MASK_ARITHMETIC}
-    The window size is ``C_in * kH * kW`` for a multi-channel mask or a 3-D mask (which stands
-    for the same mask on every channel), ``kH * kW`` for a single-channel mask.
-
-    Shape:
-        - input: ``(B, C_in, H, W)``, floating point
-        - mask_in: 1 valid, 0 hole; float, bool or 0/1 integer; one of
-            - None: partial-convolution-based padding; the update mask is
-              ``(1, 1, H', W')``, or ``(B, C_out, H', W')`` with multi_channel
-            - ``(B|1, H, W)``: the same mask for every input channel (torch-pconv 0.1.1);
-              update mask ``(B|1, H', W')``
-            - ``(B|1, 1, H, W)``: NVIDIA's single-channel mask; update mask ``(B|1, 1, H', W')``
-            - ``(B|1, C_in, H, W)`` with multi_channel=True: update mask ``(B|1, C_out, H', W')``,
-              an expanded view of one channel (in-place edits of it raise)
-        - output: ``(B, C_out, H', W')``, as for ``nn.Conv2d``
-
-    Examples::
-
-        >>> layer = PConv2d(3, 16, 3, padding=1)
-        >>> out, mask = layer(image, mask)  # image (B, 3, H, W), mask (B, H, W) or (B, 1, H, W)
-    """
+    __doc__ = _docstring(2)
 
     def __init__(
         self,
@@ -368,8 +425,10 @@ class PConv2d(_PartialConvNd, nn.Conv2d):
         )
         self._init_partial(multi_channel, return_mask, legacy_behaviour)
 
-    def forward(self, input: Tensor4d, mask_in: Tensor | None = None) -> Tensor4d | tuple[Tensor4d, Tensor]:  # type: ignore[override]
-        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; layouts above).
+    # Returns Tensor | tuple[Tensor, Tensor], by return_mask: typed Any, which nn.ConvNd's
+    # forward (-> Tensor) admits as an override.
+    def forward(self, input: Tensor, mask_in: Tensor | None = None) -> Any:
+        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; see Shape).
 
         Returns the output, or ``(output, update_mask)`` when ``return_mask`` is set.
         """
@@ -377,18 +436,7 @@ class PConv2d(_PartialConvNd, nn.Conv2d):
 
 
 class PConv3d(_PartialConvNd, nn.Conv3d):
-    __doc__ = f"""A partial convolution over volumes, a subclass of ``nn.Conv3d``.
-
-    Takes ``nn.Conv3d``'s arguments, plus keyword-only ``multi_channel``, ``return_mask`` and
-    ``legacy_behaviour`` as in :class:`PConv2d`.
-    {_MASK_ARITHMETIC}
-    Shape:
-        - input: ``(B, C_in, D, H, W)``
-        - mask_in: None, ``(B|1, D, H, W)``, ``(B|1, 1, D, H, W)``, or ``(B|1, C_in, D, H, W)``
-          with multi_channel
-        - output: ``(B, C_out, D', H', W')``, and with return_mask the update mask in the
-          mask's layout
-    """
+    __doc__ = _docstring(3)
 
     def __init__(
         self,
@@ -413,8 +461,10 @@ class PConv3d(_PartialConvNd, nn.Conv3d):
         )
         self._init_partial(multi_channel, return_mask, legacy_behaviour)
 
-    def forward(self, input: Tensor5d, mask_in: Tensor | None = None) -> Tensor5d | tuple[Tensor5d, Tensor]:  # type: ignore[override]
-        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; layouts above).
+    # Returns Tensor | tuple[Tensor, Tensor], by return_mask: typed Any, which nn.ConvNd's
+    # forward (-> Tensor) admits as an override.
+    def forward(self, input: Tensor, mask_in: Tensor | None = None) -> Any:
+        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; see Shape).
 
         Returns the output, or ``(output, update_mask)`` when ``return_mask`` is set.
         """
@@ -422,7 +472,7 @@ class PConv3d(_PartialConvNd, nn.Conv3d):
 
 
 class PartialConv1d(PConv1d):
-    __doc__ = ":class:`PConv1d` with NVIDIA's default ``return_mask=False``.\n\n    " + (PConv1d.__doc__ or "")
+    __doc__ = _docstring(1, drop_in=True)
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
     _expanded_mask: ClassVar[bool] = False
@@ -432,13 +482,7 @@ class PartialConv1d(PConv1d):
 
 
 class PartialConv2d(PConv2d):
-    __doc__ = """A drop-in for NVIDIA's ``PartialConv2d``: :class:`PConv2d` with ``return_mask=False``.
-
-    Same constructor, parameters, state_dict keys, forward signature, mask shapes and return
-    values as NVIDIA's class: ``PartialConv2d(*conv2d_args, multi_channel=False,
-    return_mask=False)`` and ``forward(input, mask_in=None)``. What follows is PConv2d's.
-
-    """ + (PConv2d.__doc__ or "")
+    __doc__ = _docstring(2, drop_in=True)
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
     _expanded_mask: ClassVar[bool] = False
@@ -448,9 +492,7 @@ class PartialConv2d(PConv2d):
 
 
 class PartialConv3d(PConv3d):
-    __doc__ = "A drop-in for NVIDIA's ``PartialConv3d``: :class:`PConv3d` with ``return_mask=False``.\n\n    " + (
-        PConv3d.__doc__ or ""
-    )
+    __doc__ = _docstring(3, drop_in=True)
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
     _expanded_mask: ClassVar[bool] = False
