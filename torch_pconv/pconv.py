@@ -71,7 +71,7 @@ def _docstring(dims: int, drop_in: bool = False) -> str:
         return_mask = "True"
     return f"""{intro}
 
-    For a mask of 1 (valid) and 0 (hole), at each output position::
+    For a mask of 1 (valid) and 0 (hole), at each output position:
 
         count  = valid input entries under the window   (one no-grad convolution, exact integers)
         ratio  = window_size / (count + 1e-8)  where count > 0, else 0
@@ -110,22 +110,19 @@ def _docstring(dims: int, drop_in: bool = False) -> str:
             masks). Default: ``False``
 
     Shape:
-        - Input: :math:`(B, C_{{in}}, {names})`, floating point
+        - Input: ``(B, C_in, {names})``, floating point
         - Mask: ``None`` (partial-convolution-based padding: every input entry valid), or
-          :math:`(B, {names})` (one mask for every channel), :math:`(B, 1, {names})` (NVIDIA's
-          one-channel mask), or :math:`(B, C_{{in}}, {names})` with ``multi_channel=True``; a
-          batch of 1 broadcasts over the input's batch
-        - Output: :math:`(B, C_{{out}}, {out})` where each spatial size is
+          ``(B, {names})`` (one mask for every channel), ``(B, 1, {names})`` (NVIDIA's one-channel
+          mask), or ``(B, C_in, {names})`` with ``multi_channel=True``; a batch of 1 broadcasts
+          over the input's batch
+        - Output: ``(B, C_out, {out})``, each spatial size as for ``nn.{conv}``:
 
-          .. math::
-              \\text{{out}} = \\left\\lfloor\\frac{{\\text{{in}} + 2 \\times \\text{{padding}}
-              - \\text{{dilation}} \\times (\\text{{kernel\\_size}} - 1) - 1}}{{\\text{{stride}}}}
-              + 1\\right\\rfloor
+                out = floor((in + 2 * padding - dilation * (kernel_size - 1) - 1) / stride + 1)
 
-        - Update mask (with ``return_mask``): in the mask's layout, in the input's dtype:
-          :math:`(B, {out})`, :math:`(B, 1, {out})`, or :math:`(B, C_{{out}}, {out})` (every
-          channel equal{view}); with ``mask=None``, :math:`(1, 1, {out})`, or
-          :math:`(B, C_{{out}}, {out})` with ``multi_channel=True``
+        - Update mask (with ``return_mask``), in the mask's layout and the input's dtype:
+          ``(B, {out})``, ``(B, 1, {out})``, or ``(B, C_out, {out})`` (every channel
+          equal{view}); with ``mask=None``, ``(1, 1, {out})``, or ``(B, C_out, {out})`` with
+          ``multi_channel=True``
 
     Examples:
         >>> import torch
