@@ -119,19 +119,22 @@ class PartialConvFunction(torch.autograd.Function):
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         geometry: Geometry = ctx.geometry
         grad_input = grad_weight = grad_bias = None
+        # Recorded when the caller differentiates the gradients (create_graph): then operands
+        # passed for their shape alone are detached, so that no gradient flows through them.
+        recorded = torch.is_grad_enabled()
         scaled = _times(grad, _conv_scale(ratio, update, ctx.has_bias))
         if needs_weight:
             # The masked input, rebuilt for this product only and freed before the input gradient
-            # is made. Differentiable in the input when the backward itself is recorded.
+            # is made. Differentiable in the input when the backward is recorded.
             masked = input if mask is None else mask_input(input, mask)
-            grad_weight = _conv_backward(scaled, masked, weight.detach(), geometry, weight_grad=True)
+            grad_weight = _conv_backward(scaled, masked, weight.detach() if recorded else weight, geometry, True)
             del masked
         if needs_input:
-            grad_input = _conv_backward(scaled, input.detach(), weight, geometry, weight_grad=False)
+            grad_input = _conv_backward(scaled, input.detach() if recorded else input, weight, geometry, False)
             if mask is not None:
                 keep = mask if mask.is_floating_point() else mask != 0
-                # In place unless this backward is recorded (double backward): the tensor is ours.
-                grad_input = grad_input * keep if torch.is_grad_enabled() else grad_input.mul_(keep)
+                # In place unless recorded: the tensor is ours.
+                grad_input = grad_input * keep if recorded else grad_input.mul_(keep)
         del scaled
         if needs_bias:  # the sum autograd takes through the forward's addcmul, once scaled is gone
             grad_bias = _times(grad, update).sum([d for d in range(grad.dim()) if d != 1])
