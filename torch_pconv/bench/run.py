@@ -1,0 +1,176 @@
+"""Running the benchmark: for each config, its implementations' times, memory and agreement."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .configs import Config, Settings
+from .impls import BASELINE, IMPLS, NVIDIA, Impl, Inputs, applicable, base_conv, build_network, make_inputs
+from .measure import STEPS, Samples, forward, measure_memory, time_interleaved
+
+__all__ = ["Row", "Run", "Unavailable", "bench_config", "plan", "run_bench", "ticks"]
+
+
+@dataclass
+class Row:
+    """Every figure of one implementation on one config."""
+
+    config: Config
+    impl: Impl
+    times: dict[str, Samples]  # mode -> samples
+    memory: dict[str, int]  # MEMORY name -> bytes
+    error: float | None  # max|out - NVIDIA multi_channel's out| / max|NVIDIA's out|; None for nn.Conv2d
+
+
+@dataclass
+class Run:
+    """What a run measured, on which configs, and what it could not."""
+
+    configs: list[Config]
+    rows: list[Row]
+    notes: list[str]
+    settings: Settings
+
+
+class Unavailable(RuntimeError):
+    """A config this torch cannot run (torch.compile missing or failing); the run goes on without it."""
+
+
+def plan(configs: list[Config], settings: Settings) -> tuple[list[tuple[Config, list[Impl]]], list[str]]:
+    """The implementations that run on each config, and notes on the other builds that do not."""
+    planned = []
+    skipped: dict[tuple[str, str], list[str]] = {}  # (build, why) -> the configs it skips
+    for config in configs:
+        impls = []
+        for impl in IMPLS:
+            why = applicable(impl, config, settings.for_config(config))
+            if why is None:
+                impls.append(impl)
+            elif (impl.kind == "v011" or (impl.kind == "baseline" and settings.baseline)) and not config.compiled:
+                skipped.setdefault((impl.name, why), []).append(config.name)
+        planned.append((config, impls))
+    notes = [f"{name} not measured on {', '.join(names)}: {why}" for (name, why), names in skipped.items()]
+    return planned, notes
+
+
+def ticks(planned: list[tuple[Config, list[Impl]]], settings: Settings) -> int:
+    """How many times ``run_bench`` calls ``tick``: once per timed call and per memory measurement."""
+    rounds = settings.warmup + settings.repeats
+    return sum(rounds * len(c.modes) * (len(impls) - 1) + len(impls) * bool(c.memory) for c, impls in planned)
+
+
+def run_bench(
+    configs: list[Config],
+    settings: Settings,
+    *,
+    tick: Callable[[], None] = lambda: None,
+    done: Callable[[Config, float], None] = lambda config, seconds: None,
+) -> Run:
+    """Run every config; ``done`` is called after each with the seconds it took."""
+    planned, notes = plan(configs, settings)
+    if settings.baseline is not None:
+        notes.append(f"{BASELINE}: PConv2d of {settings.baseline_path}")
+    rows = []
+    for config, impls in planned:
+        start = time.perf_counter()
+        try:
+            rows += bench_config(config, impls, settings.for_config(config), tick)
+        except Unavailable as why:
+            notes.append(f"{config.name} not measured: {why}")
+        done(config, time.perf_counter() - start)
+    return Run(configs, rows, notes, settings)
+
+
+def bench_config(
+    config: Config, impls: list[Impl], settings: Settings, tick: Callable[[], None] = lambda: None
+) -> list[Row]:
+    """Time, memory and agreement of every implementation on ``config``."""
+    with _threads(config.threads):
+        nets: dict[str, nn.Module] = {impl.name: build_network(impl, config, settings) for impl in impls}
+        inputs = make_inputs(config, settings)
+        if config.compiled:
+            _compile(nets, impls, inputs)
+        errors = agreement(nets, impls, inputs, config, settings)
+        steps: dict[str, dict[str, Callable[[], object]]] = {
+            impl.name: {
+                mode: functools.partial(STEPS[mode], nets[impl.name], inputs, inputs.masks[impl.mask])
+                for mode in config.modes
+            }
+            for impl in impls
+        }
+        times = time_interleaved(
+            steps,
+            base_conv(config).name,
+            repeats=settings.repeats,
+            warmup=settings.warmup,
+            calls=config.calls,
+            device=settings.device,
+            tick=tick,
+        )
+        rows = []
+        for impl in impls:
+            memory = {}
+            if config.memory:
+                net, mask = nets[impl.name], inputs.masks[impl.mask]
+                memory = measure_memory(net, inputs, mask, config.memory, settings.device)
+                tick()
+            rows.append(Row(config, impl, times[impl.name], memory, errors.get(impl.name)))
+    return rows
+
+
+def _compile(nets: dict[str, nn.Module], impls: list[Impl], inputs: Inputs) -> None:
+    """Put the compiled rows' networks through torch.compile and compile them now, by a first call,
+    so that no timing or memory window sees the compiler; raise Unavailable where it fails."""
+    compile = getattr(torch, "compile", None)
+    if not callable(compile):
+        raise Unavailable(f"this torch ({torch.__version__}) has no torch.compile")
+    for impl in impls:
+        if impl.compiled:
+            try:
+                nets[impl.name] = compile(nets[impl.name])
+                forward(nets[impl.name], inputs, inputs.masks[impl.mask])
+            except Exception as error:  # whatever a compiler raises: dynamo, inductor, a C++ toolchain
+                first = (str(error).strip().splitlines() or [""])[0][:200]
+                raise Unavailable(f"torch.compile of {impl.name} failed ({type(error).__name__}: {first})") from None
+
+
+def agreement(
+    nets: dict[str, nn.Module], impls: list[Impl], inputs: Inputs, config: Config, settings: Settings
+) -> dict[str, float]:
+    """Relative error of each partial implementation's output against NVIDIA's multi-channel layer:
+    a check that every row computes the same thing. Outputs come from a forward with autograd
+    recording, the mode the compiled rows were compiled for."""
+    nvidia = next(impl for impl in IMPLS if impl.name == NVIDIA)
+    reference = nets.get(NVIDIA) or build_network(nvidia, config, settings)
+
+    def output(net: nn.Module, mask: Tensor | None) -> Tensor:
+        return forward(net, inputs, mask).detach().double()
+
+    ref = output(reference, inputs.masks[nvidia.mask])
+    scale = ref.abs().max().item() or 1.0
+    return {
+        impl.name: (output(nets[impl.name], inputs.masks[impl.mask]) - ref).abs().max().item() / scale
+        for impl in impls
+        if impl.kind != "conv"
+    }
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch.set_num_threads(count) inside, where count is not None."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
