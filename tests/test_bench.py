@@ -122,7 +122,7 @@ def test_memory_figures_repeat_to_the_byte() -> None:
 def test_each_timed_call_sits_between_two_conv_calls() -> None:
     calls: list[str] = []
     steps = {name: {mode: (lambda n=name: calls.append(n)) for mode in ("f", "b")} for name in ("conv", "a", "b", "c")}
-    found = bench.time_interleaved(steps, "conv", repeats=3, warmup=1, calls=2)
+    found = bench.time_interleaved(steps, dict.fromkeys(steps, "conv"), repeats=3, warmup=1, calls=2)
     rounds = [calls[i : i + 14] for i in range(0, len(calls), 14)]  # per mode: conv + 3 × (x, conv), 2 calls each
     assert len(rounds) == 4 * 2
     firsts = []
@@ -136,6 +136,18 @@ def test_each_timed_call_sits_between_two_conv_calls() -> None:
         for mode in ("f", "b"):
             samples = found[name][mode]
             assert len(samples.seconds) == len(samples.conv) == 3  # the warm-up repeat is not kept
+
+
+def test_each_call_sits_between_calls_of_its_own_conv() -> None:
+    # The compiled config: eager rows next to eager nn.Conv2d, compiled ones next to compiled.
+    calls: list[str] = []
+    names = ("eager conv", "eager", "compiled conv", "compiled")
+    steps = {name: {"f": (lambda n=name: calls.append(n))} for name in names}
+    convs = {"eager conv": "eager conv", "eager": "eager conv", "compiled conv": "compiled conv"}
+    found = bench.time_interleaved(steps, {**convs, "compiled": "compiled conv"}, repeats=2, warmup=0)
+    first = ["eager conv", "eager", "eager conv", "compiled conv", "compiled", "compiled conv"]
+    assert calls == first + first[3:] + first[:3]
+    assert all(len(found[name]["f"].seconds) == 2 for name in names)
 
 
 def _samples(seconds: list[float], conv: list[float]) -> measure.Samples:
@@ -286,7 +298,8 @@ def test_compiled_config_rows_with_a_stand_in_compiler(monkeypatch: pytest.Monke
     assert names == ["nn.Conv2d", "PConv2d", "nn.Conv2d (compiled)", "PConv2d (compiled)"]
     recs = report.records(run)
     get = {(r["implementation"], r["metric"]): r for r in recs}
-    assert get[("nn.Conv2d (compiled)", "time forward")]["ratio_to_conv"] == 1.0  # the base of the ratios
+    assert get[("nn.Conv2d (compiled)", "time forward")]["ratio_to_conv"] == 1.0  # each row's own conv
+    assert get[("nn.Conv2d", "time forward")]["ratio_to_conv"] == 1.0
     assert get[("PConv2d (compiled)", "memory held forward→backward")]["ratio_to_conv"] > 0
     text = report.format_report(run, recs, report.environment(run), run.notes)
     assert "forward, PConv2d ÷ nn.Conv2d: compiled" in text
@@ -426,12 +439,15 @@ def test_configs_from_options() -> None:
     assert all(c.quick is None for c in default)
     assert _parse().repeats >= 9
     by_name = {c.name: c for c in default}
-    assert (by_name["inpainting"].batch, by_name["inpainting"].size) == CONFIGS["inpainting"].quick
+    quick = CONFIGS["inpainting"].quick
+    assert quick is not None and (by_name["inpainting"].batch, by_name["inpainting"].size) == (quick.batch, quick.size)
+    assert by_name["encoder"].modes == () and by_name["encoder"].memory == MEMORY  # memory only by default
     assert by_name["small"] == CONFIGS["small"]  # small already: the same in both runs
     full = {c.name: c for c in cli.selected_configs(_parse("--full"))}
     assert (full["inpainting"].batch, full["inpainting"].size, full["inpainting"].kernel_size) == (4, 128, 7)
     assert (full["k3"].batch, full["k3"].in_channels, full["k3"].size, full["k3"].kernel_size) == (4, 64, 128, 3)
     assert (full["v011"].batch, full["v011"].kernel_size) == (16, 9)
+    assert full["encoder"].modes == MODES and full["encoder"].layers == 4
     fixed = full["fixed"]
     assert (fixed.batch, fixed.in_channels, fixed.out_channels, fixed.size, fixed.threads) == (1, 8, 8, 16, 1)
     (custom,) = cli.selected_configs(_parse("--kernel-size", "5", "--holes", "0"))

@@ -30,8 +30,8 @@ __all__ = [
     "Inputs",
     "Network",
     "applicable",
-    "base_conv",
     "build_network",
+    "conv_of",
     "load_baseline",
     "load_v011",
     "make_inputs",
@@ -71,9 +71,9 @@ IMPLS = [
 ]
 
 
-def base_conv(config: Config) -> Impl:
-    """The nn.Conv2d every ratio of ``config`` is taken to: compiled in the compiled config."""
-    return next(impl for impl in IMPLS if impl.kind == "conv" and impl.compiled == config.compiled)
+def conv_of(impl: Impl) -> Impl:
+    """The nn.Conv2d ``impl`` is timed between and compared with: compiled if it is."""
+    return next(conv for conv in IMPLS if conv.kind == "conv" and conv.compiled == impl.compiled)
 
 
 def nvidia_of(impl: Impl) -> str:
@@ -228,8 +228,7 @@ def load_baseline(path: str | Path, name: str = BASELINE_MODULE) -> type[nn.Modu
     init = package / "__init__.py"
     if not init.exists():
         raise FileNotFoundError(f"--baseline {path}: no torch_pconv package there (no {init})")
-    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-        del sys.modules[loaded]
+    _forget(name)
     spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(package)])
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -237,7 +236,13 @@ def load_baseline(path: str | Path, name: str = BASELINE_MODULE) -> type[nn.Modu
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules[name]
+        _forget(name)
         raise
     cls: type[nn.Module] = module.PConv2d
     return cls
+
+
+def _forget(name: str) -> None:
+    """Drop the package ``name`` and its submodules from sys.modules."""
+    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[loaded]

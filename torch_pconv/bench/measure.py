@@ -85,7 +85,7 @@ class Samples:
 
 def time_interleaved(
     steps: dict[str, dict[str, Callable[[], object]]],
-    conv: str,
+    convs: dict[str, str],
     *,
     repeats: int,
     warmup: int,
@@ -93,36 +93,59 @@ def time_interleaved(
     device: str = "cpu",
     tick: Callable[[], None] = lambda: None,
 ) -> dict[str, dict[str, Samples]]:
-    """Time ``steps[name][mode]``, flanked by ``steps[conv][mode]``.
+    """Time ``steps[name][mode]``, each call between two calls of ``steps[convs[name]][mode]``.
 
-    Each repeat runs, for each mode: conv, a, conv, b, conv, ..., the order of a, b, ... rotated
-    from one repeat to the next so that no one always follows the same neighbour. The conv row's
-    sample of a repeat is the mean of its calls in that repeat. The first ``warmup`` repeats are
-    not kept.
+    ``convs`` maps every name to the conv it is compared with, and each conv to itself. Each repeat
+    runs, for each mode: conv, a, conv, b, conv, ... (a conv call sits between two neighbours with
+    the same conv), the order of a, b, ... rotated from one repeat to the next so that no one
+    always follows the same neighbour. A conv's sample of a repeat is the mean of its calls in
+    that repeat. The first ``warmup`` repeats are not kept.
     """
-    names = [name for name in steps if name != conv]
-    modes = list(steps[conv])
+    names = [name for name in steps if convs[name] != name]
+    modes = list(next(iter(steps.values()), {}))
     found = {name: {mode: Samples() for mode in modes} for name in steps}
     for repeat in range(warmup + repeats):
-        keep = repeat >= warmup
         start = repeat % len(names) if names else 0
         for mode in modes:
-            before = time_call(steps[conv][mode], calls, device)
-            flanks = [before]
-            for name in names[start:] + names[:start]:
-                seconds = time_call(steps[name][mode], calls, device)
-                after = time_call(steps[conv][mode], calls, device)
-                if keep:
-                    found[name][mode].seconds.append(seconds)
-                    found[name][mode].conv.append((before + after) / 2)
-                flanks.append(after)
-                before = after
-                tick()
-            if keep:
-                mean = statistics.fmean(flanks)
-                found[conv][mode].seconds.append(mean)
-                found[conv][mode].conv.append(mean)
+            mode_steps = {name: steps[name][mode] for name in steps}
+            timed, own = _round(mode_steps, convs, names[start:] + names[:start], calls, device, tick)
+            if repeat < warmup:
+                continue
+            for name, (seconds, neighbours) in timed.items():
+                found[name][mode].seconds.append(seconds)
+                found[name][mode].conv.append(neighbours)
+            for conv, samples in own.items():
+                found[conv][mode].seconds.append(statistics.fmean(samples))
+                found[conv][mode].conv.append(statistics.fmean(samples))
     return found
+
+
+def _round(
+    steps: dict[str, Callable[[], object]],
+    convs: dict[str, str],
+    order: list[str],
+    calls: int,
+    device: str,
+    tick: Callable[[], None],
+) -> tuple[dict[str, tuple[float, float]], dict[str, list[float]]]:
+    """One repeat of one mode: each name's (seconds, mean of its two conv neighbours), and every
+    conv call's seconds."""
+    own: dict[str, list[float]] = {conv: [] for conv in dict.fromkeys(convs.values())}
+    timed = {}
+    last = None  # the conv of the latest call: the 'before' of a name with the same conv
+    for name in order:
+        conv = convs[name]
+        if last != conv:
+            own[conv].append(time_call(steps[conv], calls, device))
+        seconds = time_call(steps[name], calls, device)
+        own[conv].append(time_call(steps[conv], calls, device))
+        timed[name] = (seconds, (own[conv][-2] + own[conv][-1]) / 2)
+        last = conv
+        tick()
+    for conv, samples in own.items():  # a conv with nothing to compare: timed alone
+        if not samples:
+            samples.append(time_call(steps[conv], calls, device))
+    return timed, own
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,15 +296,17 @@ def measure_memory(
 ) -> dict[str, int]:
     """Bytes of each of ``metrics`` (names of configs.MEMORY); empty where they cannot be measured.
 
-    Every step measured runs once first under the meter: that fills the caches (the mask=None
-    ratio, NVIDIA's stored masks) with tensors the meter has seen made, whose later frees it
-    then counts. The garbage collector is paused meanwhile, so that no collection inside a
-    window frees what was made before it.
+    A forward runs first under the meter in each grad mode measured: that fills the caches (the
+    mask=None ratio, NVIDIA's stored masks) with tensors the meter has seen made, whose later
+    frees it then counts. (A compiled network sees no grad mode it was not compiled for.) The
+    garbage collector is paused meanwhile, so that no collection inside a window frees what was
+    made before it.
     """
     windows = {name: window for name, window in _WINDOWS.items() if any(m in metrics for m, _ in window[1])}
     with _gc_paused(), LiveBytes(device) as meter:
-        for step, _ in windows.values():
-            step(net, inputs, mask)
+        forward(net, inputs, mask)
+        if "inference" in windows:
+            inference(net, inputs, mask)
         for name, (step, _) in windows.items():
             with meter.window(name):
                 output = step(net, inputs, mask)

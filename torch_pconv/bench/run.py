@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .configs import Config, Settings
-from .impls import BASELINE, IMPLS, NVIDIA, Impl, Inputs, applicable, base_conv, build_network, make_inputs
+from .impls import BASELINE, IMPLS, NVIDIA, Impl, Inputs, applicable, build_network, conv_of, make_inputs
 from .measure import STEPS, Samples, forward, measure_memory, time_interleaved
 
 __all__ = ["Row", "Run", "Unavailable", "bench_config", "plan", "run_bench", "ticks"]
@@ -51,9 +51,10 @@ def plan(configs: list[Config], settings: Settings) -> tuple[list[tuple[Config, 
         impls = []
         for impl in IMPLS:
             why = applicable(impl, config, settings.for_config(config))
+            other_build = impl.kind == "v011" or (impl.kind == "baseline" and settings.baseline is not None)
             if why is None:
                 impls.append(impl)
-            elif (impl.kind == "v011" or (impl.kind == "baseline" and settings.baseline)) and not config.compiled:
+            elif other_build and not config.compiled:  # the compiled config has no other builds' rows
                 skipped.setdefault((impl.name, why), []).append(config.name)
         planned.append((config, impls))
     notes = [f"{name} not measured on {', '.join(names)}: {why}" for (name, why), names in skipped.items()]
@@ -107,7 +108,7 @@ def bench_config(
         }
         times = time_interleaved(
             steps,
-            base_conv(config).name,
+            {impl.name: conv_of(impl).name for impl in impls},
             repeats=settings.repeats,
             warmup=settings.warmup,
             calls=config.calls,
