@@ -8,20 +8,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["CONFIGS", "DTYPES", "MEMORY", "MODES", "Config", "Quick", "Settings"]
+__all__ = ["CONFIGS", "DTYPES", "HOOKS", "MEMORY", "MODES", "Config", "Quick", "Settings"]
 
 # The timed calls. forward: with autograd recording; forward+backward: then torch.autograd.grad of
 # the input and every parameter; inference: under torch.no_grad().
 MODES = ("forward", "forward+backward", "inference")
 # The memory figures: 'held' is what stays allocated between forward and backward (what training
 # keeps); 'hooks' runs the forward under a caller's identity saved-tensor hooks.
-MEMORY = (
-    "peak forward",
-    "held forward→backward",
-    "held forward→backward, saved-tensor hooks",
-    "peak forward+backward",
-    "peak inference",
-)
+HOOKS = "held forward→backward, saved-tensor hooks"
+MEMORY = ("peak forward", "held forward→backward", HOOKS, "peak forward+backward", "peak inference")
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

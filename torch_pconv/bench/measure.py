@@ -26,9 +26,10 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from .. import quirks
+from .configs import HOOKS
 from .impls import Inputs
 
-__all__ = ["STEPS", "LiveBytes", "Samples", "measure_memory", "time_interleaved"]
+__all__ = ["STEPS", "LiveBytes", "Samples", "Step", "hooked_forward", "measure_memory", "time_interleaved"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,7 +286,7 @@ def hooked_forward(net: nn.Module, inputs: Inputs, mask: Tensor | None) -> Tenso
 # window: (its step, the MEMORY figures it gives: (name, 0 for its peak or 1 for what it leaves))
 _WINDOWS: dict[str, tuple[Step, tuple[tuple[str, int], ...]]] = {
     "forward": (forward, (("peak forward", 0), ("held forward→backward", 1))),
-    "hooks": (hooked_forward, (("held forward→backward, saved-tensor hooks", 1),)),
+    "hooks": (hooked_forward, ((HOOKS, 1),)),
     "forward+backward": (forward_backward, (("peak forward+backward", 0),)),
     "inference": (inference, (("peak inference", 0),)),
 }

@@ -11,9 +11,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .configs import Config, Settings
+from .configs import HOOKS, Config, Settings
 from .impls import BASELINE, IMPLS, NVIDIA, Impl, Inputs, applicable, build_network, conv_of, make_inputs
-from .measure import STEPS, Samples, forward, measure_memory, time_interleaved
+from .measure import (
+    STEPS,
+    Samples,
+    Step,
+    forward,
+    forward_backward,
+    hooked_forward,
+    inference,
+    measure_memory,
+    time_interleaved,
+)
 
 __all__ = ["Row", "Run", "Unavailable", "bench_config", "plan", "run_bench", "ticks"]
 
@@ -82,7 +92,7 @@ def run_bench(
     for config, impls in planned:
         start = time.perf_counter()
         try:
-            rows += bench_config(config, impls, settings.for_config(config), tick)
+            rows += bench_config(config, impls, settings.for_config(config), tick, notes)
         except Unavailable as why:
             notes.append(f"{config.name} not measured: {why}")
         done(config, time.perf_counter() - start)
@@ -90,14 +100,20 @@ def run_bench(
 
 
 def bench_config(
-    config: Config, impls: list[Impl], settings: Settings, tick: Callable[[], None] = lambda: None
+    config: Config,
+    impls: list[Impl],
+    settings: Settings,
+    tick: Callable[[], None] = lambda: None,
+    notes: list[str] | None = None,
 ) -> list[Row]:
-    """Time, memory and agreement of every implementation on ``config``."""
+    """Time, memory and agreement of every implementation on ``config``; why another build that
+    fails on this torch is left out goes to ``notes``."""
     with _threads(config.threads):
         nets: dict[str, nn.Module] = {impl.name: build_network(impl, config, settings) for impl in impls}
         inputs = make_inputs(config, settings)
         if config.compiled:
             _compile(nets, impls, inputs)
+        impls = [impl for impl in impls if _runs(impl, nets[impl.name], inputs, config, notes)]
         errors = agreement(nets, impls, inputs, config, settings)
         steps: dict[str, dict[str, Callable[[], object]]] = {
             impl.name: {
@@ -126,6 +142,24 @@ def bench_config(
     return rows
 
 
+def _runs(impl: Impl, net: nn.Module, inputs: Inputs, config: Config, notes: list[str] | None) -> bool:
+    """Whether ``impl`` runs every step the config measures; only another build (0.1.1, the
+    baseline) is tried, and may fail: an older build may not support this torch."""
+    if impl.kind not in ("v011", "baseline"):
+        return True
+    steps: list[Step] = [forward_backward, inference]  # between them, every step but the hooked forward
+    if HOOKS in config.memory:
+        steps.append(hooked_forward)
+    try:
+        for step in steps:
+            step(net, inputs, inputs.masks[impl.mask])
+    except Exception as error:  # whatever that build raises
+        if notes is not None:
+            notes.append(f"{impl.name} not measured on {config.name}: it fails ({_first_line(error)})")
+        return False
+    return True
+
+
 def _compile(nets: dict[str, nn.Module], impls: list[Impl], inputs: Inputs) -> None:
     """Put the compiled rows' networks through torch.compile and compile them now, by a first call,
     so that no timing or memory window sees the compiler; raise Unavailable where it fails."""
@@ -138,8 +172,7 @@ def _compile(nets: dict[str, nn.Module], impls: list[Impl], inputs: Inputs) -> N
                 nets[impl.name] = compile(nets[impl.name])
                 forward(nets[impl.name], inputs, inputs.masks[impl.mask])
             except Exception as error:  # whatever a compiler raises: dynamo, inductor, a C++ toolchain
-                first = (str(error).strip().splitlines() or [""])[0][:200]
-                raise Unavailable(f"torch.compile of {impl.name} failed ({type(error).__name__}: {first})") from None
+                raise Unavailable(f"torch.compile of {impl.name} failed ({_first_line(error)})") from None
 
 
 def agreement(
@@ -161,6 +194,11 @@ def agreement(
         for impl in impls
         if impl.kind != "conv"
     }
+
+
+def _first_line(error: Exception) -> str:
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:200]}"
 
 
 @contextmanager
