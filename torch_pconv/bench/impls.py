@@ -38,7 +38,7 @@ __all__ = [
     "nvidia_of",
 ]
 
-MaskLayout = Literal["none", "multi", "single", "shared"]  # (B, C, H, W), (B, 1, H, W), (B, H, W)
+Layout = Literal["none", "multi", "single", "shared"]  # the mask: None, (B, C, H, W), (B, 1, H, W), (B, H, W)
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Impl:
     name: str
     kind: Literal["conv", "pconv", "nvidia", "v011", "baseline"]
     multi_channel: bool = False
-    mask: MaskLayout = "single"
+    mask: Layout = "single"
     compiled: bool = False  # wrapped in torch.compile
 
 

@@ -23,10 +23,11 @@ __all__ = ["MEASURED", "environment", "format_report", "records", "write_chart",
 MEASURED = """\
 time: wall clock of one call, median and interquartile range (IQR) over the repeats after the warm-up.
   In each repeat the implementations run round-robin, and every timed call sits between two calls of
-  nn.Conv2d of the same shape: ×conv is the median over the repeats of the call's time over the mean
-  of its two neighbours, so that machine noise hits both sides of each ratio alike; ×NVIDIA is the
-  median of the ratio of two such ×conv, to NVIDIA's layer with the same multi_channel argument;
-  µs beyond conv is the median of the call's time minus its neighbours'.
+  nn.Conv2d of the same shape (compiled ones for a compiled row): ×conv is the median over the
+  repeats of the call's time over the mean of its two neighbours, so that machine noise hits both
+  sides of each ratio alike; ×NVIDIA is the median of the ratio of two such ×conv, to NVIDIA's layer
+  with the same multi_channel argument; µs beyond is the median of the call's time minus its
+  neighbours' (where a config times several calls in a row, as the fixed config does, per call).
   forward: the call with autograd recording; forward+backward: the call, then torch.autograd.grad
   of the output (given a fixed random gradient) for the input and all parameters; inference: the call
   under torch.no_grad(). Masks are 0/1 tensors in the input's dtype, made before timing.
@@ -37,9 +38,9 @@ memory: bytes of live tensors, relative to just before the call (the parameters,
   reset_peak_memory_stats, minus memory_allocated before. 'peak' is the maximum during the call;
   'held forward→backward' is what is still allocated after the forward, with the output and its
   graph alive: what training keeps until the backward runs; 'hooks' is the same under a caller's
-  saved-tensor hooks (torch.autograd.graph.saved_tensors_hooks with identity pack and unpack, as
-  checkpointing or offloading installs). Caches (NVIDIA's stored mask ratio, PConv2d's mask=None
-  ratio) are warm: every measured call runs once before.
+  saved-tensor hooks (torch.autograd.graph.saved_tensors_hooks, as checkpointing or offloading
+  installs, that keep each tensor as it is: its data, not a copy). Caches (NVIDIA's stored mask
+  ratio, PConv2d's mask=None ratio) are warm: a forward in each grad mode measured runs first.
 NVIDIA: NVIDIA's PartialConv2d as torch_pconv.reference transcribes it; every row's output is checked
   against its multi_channel layer's."""
 

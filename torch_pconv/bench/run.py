@@ -74,7 +74,8 @@ def plan(configs: list[Config], settings: Settings) -> tuple[list[tuple[Config, 
 def ticks(planned: list[tuple[Config, list[Impl]]], settings: Settings) -> int:
     """How many times ``run_bench`` calls ``tick``: once per timed call and per memory measurement."""
     rounds = settings.warmup + settings.repeats
-    return sum(rounds * len(c.modes) * (len(impls) - 1) + len(impls) * bool(c.memory) for c, impls in planned)
+    timed = {c.name: sum(conv_of(impl) != impl for impl in impls) for c, impls in planned}  # all but the convs
+    return sum(rounds * len(c.modes) * timed[c.name] + len(impls) * bool(c.memory) for c, impls in planned)
 
 
 def run_bench(
