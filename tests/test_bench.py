@@ -1,21 +1,48 @@
-"""`python -m torch_pconv bench`: the memory meter on cases with a known answer, and a smoke run
-on a tiny config that checks the JSON, CSV and PNG it writes. No timing assertions."""
+"""`python -m torch_pconv bench`: the memory meter on cases with a known answer, the interleaving and
+the ratios on synthetic samples, the other builds' loaders, the compiled config's fallbacks, the
+progress lines, and a smoke run on tiny configs that checks the JSON, CSV and PNG it writes. No
+assertion depends on how fast anything ran."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
+import torch_pconv
 from torch_pconv import bench
 from torch_pconv.__main__ import main
+from torch_pconv.bench import cli, impls, measure, report
+from torch_pconv.bench.configs import CONFIGS, MEMORY, MODES, Config, Settings
+from torch_pconv.bench.run import Row, Run, run_bench
 
 FLOAT = 4  # bytes of a float32
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Config("tiny", 2, 3, 4, 3, 1, 12)  # one layer, 50 % holes
+FAST = Settings(repeats=2, warmup=0)
 
 
-def test_live_bytes_counts_known_allocations():
+def _row(name: str) -> impls.Impl:
+    return next(impl for impl in impls.IMPLS if impl.name == name)
+
+
+# ----------------------------------------------------------------------------------------------
+# The memory meter
+
+
+def test_live_bytes_counts_known_allocations() -> None:
     n = 1000
     with bench.LiveBytes("cpu") as meter:
         kept = torch.empty(n)  # made under the meter, freed inside the window
@@ -28,7 +55,7 @@ def test_live_bytes_counts_known_allocations():
     del b, c
 
 
-def test_live_bytes_sees_temporaries_inside_an_expression():
+def test_live_bytes_sees_temporaries_inside_an_expression() -> None:
     n = 4096
     x = torch.randn(n)
     with bench.LiveBytes("cpu") as meter, meter.window("expr"):
@@ -37,7 +64,7 @@ def test_live_bytes_sees_temporaries_inside_an_expression():
     del y
 
 
-def test_live_bytes_held_by_the_graph():
+def test_live_bytes_held_by_the_graph() -> None:
     # sin saves its input: x * x stays alive with the graph, next to the output.
     n = 4096
     with bench.LiveBytes("cpu") as meter:
@@ -51,23 +78,111 @@ def test_live_bytes_held_by_the_graph():
     del out, detached
 
 
-def test_live_bytes_of_a_convolution_holds_its_output():
+def test_live_bytes_silences_the_profiler_and_nothing_else(capfd: pytest.CaptureFixture[str]) -> None:
+    with bench.LiveBytes("cpu") as meter, meter.window("w"):
+        os.write(2, b"a line of the caller's\n")
+        torch.empty(10)
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "profiler_stop" not in err and "USDT" not in err
+    assert "a line of the caller's" in err
+
+
+def _memory(name: str, config: Config, metrics: tuple[str, ...] = MEMORY) -> dict[str, int]:
+    net, inputs = impls.build_network(_row(name), config, FAST), impls.make_inputs(config, FAST)
+    return bench.measure_memory(net, inputs, inputs.masks[_row(name).mask], metrics, "cpu")
+
+
+def test_memory_of_a_convolution_holds_its_output() -> None:
     # nn.Conv2d keeps its input and weight (already live) for the backward: the forward holds
-    # exactly its output, and frees every temporary it makes.
-    settings = bench.Settings()
-    config = bench.Config("tiny", 2, 3, 5, 3, 1, 12)
-    memory = bench.measure_memory(bench.IMPLS[0], config, settings)
-    output = 2 * 5 * 12 * 12 * FLOAT
-    assert memory["held forward→backward"] == output
+    # exactly its output, with or without a caller's saved-tensor hooks, and frees every temporary.
+    memory = _memory("nn.Conv2d", TINY)
+    output = 2 * 4 * 12 * 12 * FLOAT
+    assert memory["held forward→backward"] == memory["held forward→backward, saved-tensor hooks"] == output
     assert memory["peak forward"] >= output and memory["peak inference"] >= output
     assert memory["peak forward+backward"] > output
+    assert list(memory) == list(MEMORY)
+    assert list(_memory("nn.Conv2d", TINY, MEMORY[3:4])) == [MEMORY[3]]
 
 
-def _v011_wheel(tmp_path):
+def test_memory_figures_repeat_to_the_byte() -> None:
+    # The saved-tensor-hook window must leave nothing behind that a later window counts (identity
+    # hooks on a graph that saves its own output, the encoder's ReLU, would leak a cycle).
+    encoder = replace(TINY, layers=2)
+    net, inputs = impls.build_network(_row("NVIDIA multi_channel"), encoder, FAST), impls.make_inputs(encoder, FAST)
+    mask = inputs.masks["multi"]
+    first = bench.measure_memory(net, inputs, mask, MEMORY, "cpu")
+    assert bench.measure_memory(net, inputs, mask, MEMORY, "cpu") == first
+    assert bench.measure_memory(net, inputs, mask, MEMORY[3:4], "cpu") == {MEMORY[3]: first[MEMORY[3]]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing and ratios
+
+
+def test_each_timed_call_sits_between_two_conv_calls() -> None:
+    calls: list[str] = []
+    steps = {name: {mode: (lambda n=name: calls.append(n)) for mode in ("f", "b")} for name in ("conv", "a", "b", "c")}
+    found = bench.time_interleaved(steps, dict.fromkeys(steps, "conv"), repeats=3, warmup=1, calls=2)
+    rounds = [calls[i : i + 14] for i in range(0, len(calls), 14)]  # per mode: conv + 3 × (x, conv), 2 calls each
+    assert len(rounds) == 4 * 2
+    firsts = []
+    for r in rounds:
+        assert r[::2] == r[1::2]  # each sample is 2 calls in a row
+        sequence = r[::2]
+        assert sequence[0::2] == ["conv"] * 4 and sorted(sequence[1::2]) == ["a", "b", "c"]
+        firsts.append(sequence[1])
+    assert firsts == ["a", "a", "b", "b", "c", "c", "a", "a"]  # rotated each repeat, the same in each mode
+    for name in steps:
+        for mode in ("f", "b"):
+            samples = found[name][mode]
+            assert len(samples.seconds) == len(samples.conv) == 3  # the warm-up repeat is not kept
+
+
+def test_each_call_sits_between_calls_of_its_own_conv() -> None:
+    # The compiled config: eager rows next to eager nn.Conv2d, compiled ones next to compiled.
+    calls: list[str] = []
+    names = ("eager conv", "eager", "compiled conv", "compiled")
+    steps = {name: {"f": (lambda n=name: calls.append(n))} for name in names}
+    convs = {"eager conv": "eager conv", "eager": "eager conv", "compiled conv": "compiled conv"}
+    found = bench.time_interleaved(steps, {**convs, "compiled": "compiled conv"}, repeats=2, warmup=0)
+    first = ["eager conv", "eager", "eager conv", "compiled conv", "compiled", "compiled conv"]
+    assert calls == first + first[3:] + first[:3]
+    assert all(len(found[name]["f"].seconds) == 2 for name in names)
+
+
+def _samples(seconds: list[float], conv: list[float]) -> measure.Samples:
+    return measure.Samples(seconds, conv)
+
+
+def test_records_ratios_from_neighbouring_calls() -> None:
+    config = replace(TINY, modes=("forward",), memory=("peak forward",))
+    conv, ours, nvidia = _row("nn.Conv2d"), _row("PConv2d"), _row("NVIDIA single")
+    rows = [
+        Row(config, conv, {"forward": _samples([1.0, 2.0, 4.0], [1.0, 2.0, 4.0])}, {"peak forward": 100}, None),
+        # Twice its neighbours in the first two repeats, three times in the last: the median is 2.
+        Row(config, ours, {"forward": _samples([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])}, {"peak forward": 150}, 1e-8),
+        Row(config, nvidia, {"forward": _samples([4.0, 4.0, 4.0], [1.0, 1.0, 1.0])}, {"peak forward": 300}, 0.0),
+    ]
+    recs = report.records(Run([config], rows, [], FAST))
+    get = {(r["implementation"], r["metric"]): r for r in recs}
+    time = get[("PConv2d", "time forward")]
+    assert time["ratio_to_conv"] == 2.0 and time["value"] == 4000.0  # ms
+    assert time["ratio_to_nvidia"] == 0.5  # median of 2/4, 2/4, 3/4
+    assert time["beyond_conv_us"] == 2e6  # median of 1, 2, 6 seconds
+    assert time["samples_ms"] == [2000.0, 4000.0, 9000.0]
+    assert get[("nn.Conv2d", "time forward")]["ratio_to_conv"] == 1.0
+    memory = get[("PConv2d", "memory peak forward")]
+    assert (memory["ratio_to_conv"], memory["ratio_to_nvidia"]) == (1.5, 0.5)
+    assert get[("PConv2d", "relative error vs NVIDIA")]["value"] == 1e-8
+
+
+# ----------------------------------------------------------------------------------------------
+# Other builds
+
+
+def _v011_wheel(tmp_path: Path) -> Path:
     """A stand-in for torch-pconv 0.1.1's wheel (a zip with torch_pconv/pconv.py): the loader's
     contract, without the real package."""
-    import zipfile
-
     source = (
         "from torch import nn\n"
         "class PConv2d(nn.Module):\n"
@@ -81,79 +196,287 @@ def _v011_wheel(tmp_path):
     return path
 
 
-def test_load_v011_reads_pconv_from_a_wheel(tmp_path):
+def test_load_v011_reads_pconv_from_a_wheel(tmp_path: Path) -> None:
     cls = bench.load_v011(_v011_wheel(tmp_path))
     assert cls.__name__ == "PConv2d" and cls.__module__ == "torch_pconv_v011"
-    assert cls(1, 2).args == (1, 2)
+    assert cls(1, 2).args == (1, 2)  # type: ignore[attr-defined]
 
 
-TINY = ["--in-channels", "3", "--out-channels", "4", "--kernel-size", "3", "--size", "12", "--batch", "2"]
+def _assert_loaded_apart(cls: type[nn.Module], package: Path) -> None:
+    """``cls`` and its package's modules come from ``package``, never from the installed torch_pconv."""
+    assert cls.__module__ == "torch_pconv_baseline.pconv" and cls is not torch_pconv.PConv2d
+    for name, module in sys.modules.items():
+        if name.startswith("torch_pconv_baseline"):
+            assert Path(module.__file__ or "").resolve().is_relative_to(package.resolve()), name
+    assert Path(torch_pconv.pconv.__file__).resolve().is_relative_to(ROOT)
 
 
-def test_bench_command_writes_json_csv_png(tmp_path, capsys):
+def test_load_baseline_from_a_copy_of_this_checkout(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "torch_pconv", tmp_path / "torch_pconv", ignore=shutil.ignore_patterns("__pycache__"))
+    cls = bench.load_baseline(tmp_path)
+    _assert_loaded_apart(cls, tmp_path)
+    # Its own masks module, not ours: the relative imports resolved within the copy.
+    assert sys.modules["torch_pconv_baseline.masks"] is not torch_pconv.masks
+    assert bench.load_baseline(tmp_path / "torch_pconv").__module__ == "torch_pconv_baseline.pconv"
+    with pytest.raises(FileNotFoundError, match="no torch_pconv package"):
+        bench.load_baseline(tmp_path / "nowhere")
+
+
+OLD_COMMIT = "1c196f3"  # before the quirks module: pconv, masks and reference only
+
+
+@pytest.fixture
+def old_checkout(tmp_path: Path) -> Path:
+    """torch_pconv at OLD_COMMIT, exported with git archive; skipped outside a git checkout."""
+    target = tmp_path / "old"
+    target.mkdir()
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", OLD_COMMIT, "torch_pconv"], check=True, capture_output=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"no git history with {OLD_COMMIT} here")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def test_bench_measures_an_old_build_side_by_side(
+    old_checkout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["bench", *_TINY_ARGS, "--repeats", "2", "--out", str(tmp_path / "out"), "--baseline", str(old_checkout)]
+    assert main(args) == 0
+    _assert_loaded_apart(sys.modules["torch_pconv_baseline"].PConv2d, old_checkout)
+    assert not (old_checkout / "torch_pconv" / "quirks.py").exists()  # truly the older layout
+    printed = capsys.readouterr().out
+    assert f"torch_pconv (baseline): PConv2d of {old_checkout}" in printed
+    data = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert data["environment"]["baseline"] == str(old_checkout)
+    names = {r["implementation"] for r in data["results"]}
+    assert {"nn.Conv2d", "PConv2d", "NVIDIA single"} <= names
+    baseline = [r for r in data["results"] if r["implementation"] == "torch_pconv (baseline)"]
+    if "torch_pconv (baseline) not measured on custom: it fails (AttributeError" in printed:
+        # That build reads private autograd state unguarded, which torch 2.1 to 2.5 lack: a note.
+        assert baseline == []
+        return
+    assert {r["metric"] for r in baseline} >= {f"time {m}" for m in MODES} | {f"memory {m}" for m in MEMORY}
+    assert next(r["value"] for r in baseline if r["metric"] == "relative error vs NVIDIA") < 1e-5
+
+
+def test_a_build_that_fails_on_this_torch_is_a_note(tmp_path: Path) -> None:
+    package = tmp_path / "torch_pconv"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from torch import nn\n"
+        "class PConv2d(nn.Conv2d):\n"
+        "    def __init__(self, *args, multi_channel=False, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "    def forward(self, input, mask=None):\n"
+        "        raise AttributeError(\"module 'torch' has no attribute 'gone'\\nmore\")\n"
+    )
+    settings = replace(FAST, baseline=bench.load_baseline(tmp_path), baseline_path=tmp_path)
+    run = run_bench([replace(TINY, modes=MODES[:1], memory=MEMORY[:1])], settings)
+    assert (
+        "torch_pconv (baseline) not measured on tiny: it fails (AttributeError: module 'torch' has no attribute 'gone')"
+        in run.notes
+    )
+    assert [row.impl.name for row in run.rows if row.impl.kind == "baseline"] == []
+    assert "PConv2d" in [row.impl.name for row in run.rows]
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.compile
+
+
+def _compiled(config: Config = TINY) -> Config:
+    return replace(config, name="compiled", modes=MODES[:1], memory=MEMORY[1:2], compiled=True)
+
+
+def test_compiled_config_without_torch_compile_is_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(torch, "compile")
+    run = run_bench([_compiled(), replace(TINY, modes=MODES[:1], memory=())], FAST)
+    assert any(note.startswith("compiled not measured: this torch") for note in run.notes), run.notes
+    assert {row.config.name for row in run.rows} == {"tiny"}  # the run went on
+
+
+def test_compiled_config_whose_compile_fails_is_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(model: nn.Module, **kwargs: Any) -> Any:
+        def call(*args: Any) -> Any:
+            raise RuntimeError("Dynamo is not supported here\nmore detail")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", failing)
+    run = run_bench([_compiled()], FAST)
+    (note,) = run.notes
+    failed = "torch.compile of nn.Conv2d (compiled) failed (RuntimeError: Dynamo is not supported here)"
+    assert note == f"compiled not measured: {failed}"
+    assert run.rows == []
+    recs = report.records(run)
+    env = report.environment(run)
+    assert note in report.format_report(run, recs, env, run.notes)
+
+
+def test_compiled_config_rows_with_a_stand_in_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rows, their ratios and the summary line, without a compiler's minutes (the real one runs
+    # in the slow test below): the stand-in returns the module itself.
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
+    run = run_bench([_compiled()], FAST)
+    names = [row.impl.name for row in run.rows]
+    assert names == ["nn.Conv2d", "PConv2d", "nn.Conv2d (compiled)", "PConv2d (compiled)"]
+    recs = report.records(run)
+    get = {(r["implementation"], r["metric"]): r for r in recs}
+    assert get[("nn.Conv2d (compiled)", "time forward")]["ratio_to_conv"] == 1.0  # each row's own conv
+    assert get[("nn.Conv2d", "time forward")]["ratio_to_conv"] == 1.0
+    assert get[("PConv2d (compiled)", "memory held forward→backward")]["ratio_to_conv"] > 0
+    text = report.format_report(run, recs, report.environment(run), run.notes)
+    assert "forward, PConv2d ÷ nn.Conv2d: compiled" in text
+
+
+@pytest.mark.slow
+def test_compiled_config_with_torch_compile() -> None:
+    run = run_bench([_compiled()], replace(FAST, repeats=1))
+    if run.notes:  # a torch or platform whose compiler fails: reported, not raised
+        assert run.notes[0].startswith("compiled not measured: torch.compile of")
+        return
+    errors = {row.impl.name: row.error for row in run.rows if row.error is not None}
+    assert set(errors) == {"PConv2d", "PConv2d (compiled)"} and max(errors.values()) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
+_TINY_ARGS = ["--in-channels", "3", "--out-channels", "4", "--kernel-size", "3", "--size", "12", "--batch", "2"]
+
+
+def test_bench_command_writes_json_csv_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Two layers: the encoder path, with the mask carried from layer to layer.
     pytest.importorskip("matplotlib")
-    args = ["bench", *TINY, "--layers", "2", "--repeats", "2", "--warmup", "0", "--out", str(tmp_path)]
+    args = ["bench", *_TINY_ARGS, "--layers", "2", "--repeats", "2", "--warmup", "0", "--out", str(tmp_path)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "custom" in printed and "×conv" in printed and "memory: bytes of live tensors" in printed
+    assert printed.startswith("[1/1] custom done in ")  # not a terminal: one plain line per config
+    assert "×conv" in printed and "×NVIDIA" in printed and "memory: bytes of live tensors" in printed
+    assert "reference" not in printed.replace("torch_pconv.reference", "")
 
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert data["environment"]["torch"] == torch.__version__
+    assert data["environment"]["torch"] == torch.__version__ and data["environment"]["repeats"] == 2
     assert data["configs"][0]["layers"] == 2
     names = {r["implementation"] for r in data["results"]}
-    assert {"nn.Conv2d", "PConv2d", "reference multi_channel", "reference"} <= names
+    assert names == {"nn.Conv2d", "PConv2d", "PConv2d multi_channel", "PConv2d (B,H,W) mask"} | {
+        "NVIDIA multi_channel",
+        "NVIDIA single",
+    }
     times = [r for r in data["results"] if r["metric"].startswith("time ")]
-    assert len(times) == len(names) * len(bench.MODES)
+    assert len(times) == len(names) * len(MODES)
     assert all(len(r["samples_ms"]) == 2 and r["q1"] <= r["value"] <= r["q3"] for r in times)
+    assert all(r["ratio_to_conv"] > 0 and r["ratio_to_nvidia"] > 0 for r in times)
     memory = [r for r in data["results"] if r["metric"].startswith("memory ")]
-    assert len(memory) == len(names) * len(bench.MEMORY) and all(r["value"] > 0 for r in memory)
+    assert len(memory) == len(names) * len(MEMORY) and all(r["value"] > 0 for r in memory)
     conv = [r for r in data["results"] if r["implementation"] == "nn.Conv2d" and "ratio_to_conv" in r]
     assert all(r["ratio_to_conv"] == 1.0 for r in conv)
-    errors = [r["value"] for r in data["results"] if r["metric"] == "relative error vs reference"]
-    assert errors and max(errors) < 1e-5  # every row computes the same output
+    errors = [r["value"] for r in data["results"] if r["metric"] == "relative error vs NVIDIA"]
+    assert len(errors) == len(names) - 1 and max(errors) < 1e-5  # every row computes the same output
 
     with (tmp_path / "bench.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert len(rows) == len(data["results"])
+    assert len(rows) == len(data["results"]) and "ratio_to_nvidia" in rows[0]
     assert {float(r["value"]) for r in rows} == {float(r["value"]) for r in data["results"]}
 
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_without_matplotlib_skips_the_chart(tmp_path, monkeypatch):
+def test_fixed_cost_and_bfloat16_configs(tmp_path: Path) -> None:
+    # The small configs of the default run, at their own sizes; a custom bfloat16 one, smaller.
+    threads = torch.get_num_threads()
+    bf16 = replace(TINY, name="bf16", modes=MODES[:1], memory=(), dtype="bfloat16")
+    fixed = replace(CONFIGS["fixed"], calls=2)
+    run = run_bench([fixed, bf16], FAST)
+    assert torch.get_num_threads() == threads  # the fixed config's one thread is undone
+    recs = report.records(run)
+    get = {(r["config"], r["implementation"], r["metric"]): r for r in recs}
+    fixed_metrics = {"time forward", "time forward+backward", "relative error vs NVIDIA"}
+    assert {m for c, _, m in get if c == "fixed"} == fixed_metrics
+    assert isinstance(get[("fixed", "PConv2d", "time forward")]["beyond_conv_us"], float)
+    assert get[("bf16", "PConv2d", "relative error vs NVIDIA")]["value"] < 3e-2
+    text = report.format_report(run, recs, report.environment(run), run.notes)
+    assert "µs beyond" in text and "(bfloat16, cpu)" in text and "1 thread" in text
+
+
+def test_bench_without_matplotlib_skips_the_chart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
     real_import = builtins.__import__
 
-    def no_matplotlib(name, *args, **kwargs):
+    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
         if name.startswith("matplotlib"):
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    config = bench.Config("tiny", 1, 2, 3, 3, 1, 8, holes=None)
-    report, recs = bench.run_bench([config], bench.Settings(repeats=1, warmup=0), tmp_path, progress=False)
-    assert "matplotlib is not installed" in report
-    assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.csv").exists()
+    config = replace(TINY, holes=None, modes=MODES[:1], memory=MEMORY[:1])
+    run = run_bench([config], replace(FAST, repeats=1))
+    assert report.write_chart(tmp_path / "bench.png", run, report.records(run), report.environment(run)) == (
+        "matplotlib is not installed (pip install 'torch_pconv[bench]'): no chart"
+    )
     assert not (tmp_path / "bench.png").exists()
     # mask None: the (B, H, W)-mask row and torch-pconv 0.1.1 do not apply.
-    assert {r["implementation"] for r in recs} == {
+    assert [row.impl.name for row in run.rows] == [
         "nn.Conv2d",
         "PConv2d multi_channel",
         "PConv2d",
-        "reference multi_channel",
-        "reference",
-    }
+        "NVIDIA multi_channel",
+        "NVIDIA single",
+    ]
 
 
-def test_configs_from_options():
+def test_progress_lines_off_a_terminal_and_a_bar_on_one() -> None:
+    stream = io.StringIO()
+    progress = cli.Progress(total=5, configs=2, stream=stream)
+    progress.tick()
+    progress.done(TINY, 1.25)
+    progress.done(replace(TINY, name="other"), 2.0)
+    progress.close()
+    assert stream.getvalue() == "[1/2] tiny done in 1.2 s\n[2/2] other done in 2.0 s\n"
+
+    pytest.importorskip("tqdm")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    progress = cli.Progress(total=5, configs=1, stream=terminal)
+    assert progress.bar is not None
+    progress.tick()
+    progress.done(TINY, 1.0)
+    progress.close()
+    assert "[1/1] tiny done in 1.0 s" in terminal.getvalue() and "1/5" in terminal.getvalue()
+
+
+def _parse(*args: str) -> Any:
     parser = __import__("argparse").ArgumentParser()
-    bench.add_arguments(parser)
-    assert [c.name for c in bench.selected_configs(parser.parse_args([]))] == list(bench.CONFIGS)
-    (v011,) = bench.selected_configs(parser.parse_args(["--configs", "v011", "--full"]))
-    assert v011.batch == bench.V011_FULL_BATCH and v011.kernel_size == 9
-    (custom,) = bench.selected_configs(parser.parse_args(["--kernel-size", "5", "--holes", "0"]))
+    cli.add_arguments(parser)
+    return parser.parse_args(list(args))
+
+
+def test_configs_from_options() -> None:
+    default = cli.selected_configs(_parse())
+    assert [c.name for c in default] == list(CONFIGS)
+    assert all(c.quick is None for c in default)
+    assert _parse().repeats >= 9
+    by_name = {c.name: c for c in default}
+    quick = CONFIGS["inpainting"].quick
+    assert quick is not None and (by_name["inpainting"].batch, by_name["inpainting"].size) == (quick.batch, quick.size)
+    assert by_name["encoder"].modes == () and by_name["encoder"].memory == MEMORY  # memory only by default
+    assert by_name["small"] == CONFIGS["small"]  # small already: the same in both runs
+    full = {c.name: c for c in cli.selected_configs(_parse("--full"))}
+    assert (full["inpainting"].batch, full["inpainting"].size, full["inpainting"].kernel_size) == (4, 128, 7)
+    assert (full["k3"].batch, full["k3"].in_channels, full["k3"].size, full["k3"].kernel_size) == (4, 64, 128, 3)
+    assert (full["v011"].batch, full["v011"].kernel_size) == (16, 9)
+    assert full["encoder"].modes == MODES and full["encoder"].layers == 4
+    fixed = full["fixed"]
+    assert (fixed.batch, fixed.in_channels, fixed.out_channels, fixed.size, fixed.threads) == (1, 8, 8, 16, 1)
+    (custom,) = cli.selected_configs(_parse("--kernel-size", "5", "--holes", "0"))
     assert (custom.name, custom.kernel_size, custom.padding, custom.holes) == ("custom", 5, 2, None)
-    batches = {c.batch for c in bench.selected_configs(parser.parse_args(["--batch", "3"]))}
-    assert batches == {3}
+    assert {c.batch for c in cli.selected_configs(_parse("--batch", "3"))} == {3}

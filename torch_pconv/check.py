@@ -1,4 +1,7 @@
-"""Equivalence of torch_pconv's layers with NVIDIA's reference: the comparison and its tolerances.
+"""Equivalence of torch_pconv's layers with NVIDIA's reference: ``python -m torch_pconv check``.
+
+The cases (:data:`CASES`), the comparison of one pair of layers and its tolerances, and the
+printed report.
 
 The metric is normwise, ``max|ours - ref| / max|ref|`` (element-wise relative error means nothing
 where outputs are near zero). The tolerances come from the arithmetic:
@@ -19,14 +22,32 @@ where outputs are near zero). The tolerances come from the arithmetic:
 
 from __future__ import annotations
 
+import argparse
 import math
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["Comparison", "compare", "relative_error"]
+from . import reference
+from .holes import random_holes, rectangle_holes, stroke_holes
+from .pconv import PConv2d, PConv3d
+
+__all__ = [
+    "CASES",
+    "Case",
+    "Comparison",
+    "add_arguments",
+    "build_pair",
+    "compare",
+    "main",
+    "make_mask",
+    "relative_error",
+    "run_check",
+]
 
 
 def relative_error(ours: Tensor, ref: Tensor) -> float:
@@ -145,3 +166,147 @@ def _to_reference_layout(mask: Tensor, like: Tensor) -> Tensor:
     if mask.dim() == like.dim() - 1 and mask.shape == like.shape[:1] + like.shape[2:]:
         return mask.unsqueeze(1).expand_as(like)
     return mask  # of another shape, torch.equal tells them apart
+
+
+# ----------------------------------------------------------------------------------------------
+# The cases of ``python -m torch_pconv check``
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration of the equivalence check: a layer, a mask layout and a kind of holes."""
+
+    name: str  # for display only: nothing is read from it
+    layer: dict[str, Any]  # nn.Conv2d/3d arguments of both layers
+    mask: Literal["none", "single", "broadcast", "multi", "shared"]
+    multi_channel: bool = False  # both layers' multi_channel argument
+    holes: Literal["random", "rectangles", "strokes"] = "random"
+    dims: Literal[2, 3] = 2
+    legacy: bool = False  # our layer's legacy_behaviour
+
+
+_K3 = {"kernel_size": 3, "padding": 1}
+_K35_DILATED_GROUPED = {"kernel_size": (3, 5), "padding": 2, "dilation": 2, "groups": 2}
+
+CASES = [
+    Case("3x3 single-channel, random holes", _K3, "single"),
+    Case("3x3 single-channel, legacy_behaviour", _K3, "single", legacy=True),
+    Case("5x5 stride 2, rectangles", {"kernel_size": 5, "stride": 2, "padding": 2}, "single", holes="rectangles"),
+    Case("7x7 multi-channel, strokes", {"kernel_size": 7, "padding": 3}, "multi", True, "strokes"),
+    Case("3x3 multi-channel, legacy_behaviour", _K3, "multi", True, legacy=True),
+    # A (B, H, W) mask stands for every channel: NVIDIA's multi-channel layer on the expanded mask.
+    Case("(B, H, W) mask, 3x3 'same'", {"kernel_size": 3, "padding": "same"}, "shared", True, "strokes"),
+    Case("(1, 1, H, W) batch-broadcast mask", _K3, "broadcast"),
+    Case(
+        "3x5 kernel, dilation 2, groups 2", {"kernel_size": (3, 5), "padding": 2, "dilation": 2, "groups": 2}, "single"
+    ),
+    Case("reflect padding, no bias", {**_K3, "padding_mode": "reflect", "bias": False}, "multi", True),
+    Case("mask None (partial padding)", _K3, "none"),
+    Case("mask None, multi-channel", {"kernel_size": 3, "padding": 2, "stride": 2}, "none", True),
+    Case("3-D 3x3x3 single-channel", _K3, "single", dims=3),
+    Case("3-D multi-channel, stride 2", {**_K3, "stride": 2}, "multi", True, dims=3),
+]
+
+BATCH, IN_CHANNELS, OUT_CHANNELS = 2, 4, 6
+SPATIAL = {2: (16, 16), 3: (8, 8, 8)}
+
+
+def make_mask(case: Case, spatial: tuple[int, ...], generator: torch.Generator) -> Tensor | None:
+    """The mask of ``case``, in its layout, for a (BATCH, IN_CHANNELS, *spatial) input."""
+    if case.mask == "none":
+        return None
+    leading = {"single": (BATCH, 1), "broadcast": (1, 1), "multi": (BATCH, IN_CHANNELS), "shared": (BATCH,)}
+    shape = (*leading[case.mask], *spatial)
+    if case.holes == "rectangles":
+        return rectangle_holes(shape, generator=generator)
+    if case.holes == "strokes":
+        return stroke_holes(shape, generator=generator)
+    return random_holes(shape, 0.5, generator=generator)
+
+
+def build_pair(case: Case, device: str | torch.device, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
+    """(ours, NVIDIA's reference) for ``case``; ``compare`` gives ours the reference's weights."""
+    ref_cls = reference.PartialConv2d if case.dims == 2 else reference.PartialConv3d
+    ours_cls = PConv2d if case.dims == 2 else PConv3d
+    args = (IN_CHANNELS, OUT_CHANNELS)
+    ref = ref_cls(*args, **case.layer, multi_channel=case.multi_channel, return_mask=True).to(device, dtype)
+    ours = ours_cls(
+        *args, **case.layer, multi_channel=case.multi_channel, legacy_behaviour=case.legacy, device=device, dtype=dtype
+    )
+    return ours, ref
+
+
+def run_check(
+    device: str = "cpu", seed: int = 0, cases: Sequence[Case] = CASES
+) -> list[tuple[Case, torch.dtype, Comparison]]:
+    """Compare PConv2d/3d with the reference on every case in float32 and float64."""
+    rows = []
+    for case in cases:
+        for dtype in (torch.float32, torch.float64):
+            generator = torch.Generator().manual_seed(seed)
+            torch.manual_seed(seed)  # the layers' initial weights
+            ours, ref = build_pair(case, device, dtype)
+            spatial = SPATIAL[case.dims]
+            x = torch.randn((BATCH, IN_CHANNELS, *spatial), generator=generator, dtype=dtype).to(device)
+            mask = make_mask(case, spatial, generator)
+            mask = None if mask is None else mask.to(device, dtype)
+            ref_mask = mask
+            if case.mask == "shared" and mask is not None:  # the reference spells it (B, C_in, *S)
+                ref_mask = mask.unsqueeze(1).expand(-1, IN_CHANNELS, *spatial)
+            rows.append((case, dtype, compare(ours, ref, x, mask, ref_mask, seed=seed)))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m torch_pconv check``."""
+    parser.add_argument("--device", default="cpu", help="torch device, such as cpu or cuda (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+_COLUMNS = ["output", "grad_input", "grad_weight", "grad_bias"]
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run every case, print one line per comparison and the worst errors; 1 on a disagreement."""
+    start = time.perf_counter()
+    rows = run_check(args.device, args.seed)
+    print(f"torch_pconv check: PConv2d/PConv3d against NVIDIA's reference on {args.device}, torch {torch.__version__}")
+    print("errors are max|ours - ref| / max|ref|; each must stay within a bound derived from the arithmetic")
+    print("(1e-12 in float64; see torch_pconv.check for float32); 'of bound' is the worst error / bound\n")
+    header = (
+        f"{'case':<40} {'dtype':<8}" + "".join(f"{n:>13}" for n in _COLUMNS) + f"{'mask':>7}{'of bound':>10}  result"
+    )
+    print(header)
+    print("-" * len(header))
+    failed = 0
+    for case, dtype, cmp in rows:
+        cells = "".join(f"{cmp.errors[n]:>13.2e}" if n in cmp.errors else f"{'-':>13}" for n in _COLUMNS)
+        result = "ok" if cmp.ok else "FAIL: " + "; ".join(cmp.failures())
+        failed += not cmp.ok
+        same = "same" if cmp.mask_equal else "DIFF"
+        margin = max(_fraction(cmp.errors[n], cmp.tolerances[n]) for n in cmp.errors)
+        print(f"{case.name:<40} {_dtype_name(dtype):<8}{cells}{same:>7}{margin:>10.2f}  {result}")
+    for dtype in (torch.float32, torch.float64):
+        worst = {n: max((c.errors.get(n, 0.0) for _, d, c in rows if d == dtype), default=0.0) for n in _COLUMNS}
+        print(f"worst {_dtype_name(dtype)}: " + ", ".join(f"{n} {v:.2e}" for n, v in worst.items()))
+    elapsed = time.perf_counter() - start
+    if failed:
+        print(f"\nFAIL: {failed} of {len(rows)} comparisons disagree with the reference ({elapsed:.1f} s)")
+        return 1
+    print(f"\nPASS: all {len(rows)} comparisons agree with the reference ({elapsed:.1f} s)")
+    return 0
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _fraction(error: float, bound: float) -> float:
+    """How much of its bound an error uses (a bound of 0 asks for bit-identical results)."""
+    if bound > 0:
+        return error / bound
+    return 0.0 if error == 0 else float("inf")

@@ -1,0 +1,248 @@
+"""The implementations under test, the networks made of them, their inputs, and the other builds' loaders."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import reference
+from ..holes import random_holes
+from ..pconv import PConv2d
+from .configs import Config, Settings
+
+__all__ = [
+    "BASELINE",
+    "CONV",
+    "IMPLS",
+    "NVIDIA",
+    "NVIDIA_SINGLE",
+    "V011",
+    "Impl",
+    "Inputs",
+    "Network",
+    "applicable",
+    "build_network",
+    "conv_of",
+    "load_baseline",
+    "load_v011",
+    "make_inputs",
+    "nvidia_of",
+]
+
+Layout = Literal["none", "multi", "single", "shared"]  # the mask: None, (B, C, H, W), (B, 1, H, W), (B, H, W)
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation under test, and the mask layout it is given."""
+
+    name: str
+    kind: Literal["conv", "pconv", "nvidia", "v011", "baseline"]
+    multi_channel: bool = False
+    mask: Layout = "single"
+    compiled: bool = False  # wrapped in torch.compile
+
+
+CONV = "nn.Conv2d"
+NVIDIA = "NVIDIA multi_channel"
+NVIDIA_SINGLE = "NVIDIA single"
+V011 = "torch-pconv 0.1.1"
+BASELINE = "torch_pconv (baseline)"
+IMPLS = [
+    Impl(CONV, "conv", mask="none"),
+    Impl("PConv2d multi_channel", "pconv", True, "multi"),
+    Impl("PConv2d", "pconv", False, "single"),
+    Impl("PConv2d (B,H,W) mask", "pconv", False, "shared"),
+    Impl(NVIDIA, "nvidia", True, "multi"),
+    Impl(NVIDIA_SINGLE, "nvidia", False, "single"),
+    Impl(V011, "v011", False, "shared"),
+    Impl(BASELINE, "baseline", False, "single"),
+    Impl(f"{CONV} (compiled)", "conv", mask="none", compiled=True),
+    Impl("PConv2d (compiled)", "pconv", False, "single", compiled=True),
+]
+
+
+def conv_of(impl: Impl) -> Impl:
+    """The nn.Conv2d ``impl`` is timed between and compared with: compiled if it is."""
+    return next(conv for conv in IMPLS if conv.kind == "conv" and conv.compiled == impl.compiled)
+
+
+def nvidia_of(impl: Impl) -> str:
+    """The NVIDIA row ``impl`` is compared with: the one with the same ``multi_channel``."""
+    return NVIDIA if impl.multi_channel else NVIDIA_SINGLE
+
+
+def applicable(impl: Impl, config: Config, settings: Settings) -> str | None:
+    """None if ``impl`` runs on ``config``, else why not."""
+    if config.compiled:  # nn.Conv2d and PConv2d, each compiled and eager
+        if impl.kind == "conv" or (impl.kind == "pconv" and impl.mask == "single"):
+            return None
+        return "not in the compiled config"
+    if impl.compiled:
+        return "compiled config only"
+    if impl.kind == "pconv" and impl.mask == "shared" and config.holes is None:
+        return "with mask None it is the PConv2d row"
+    if impl.kind == "baseline" and settings.baseline is None:
+        return "not given (--baseline PATH to another checkout)"
+    if impl.kind != "v011":
+        return None
+    if settings.v011 is None:
+        return "not given (--v011 PATH to its wheel: pip download --no-deps torch-pconv==0.1.1 -d DIR)"
+    if config.holes is None:
+        return "needs a mask"
+    if settings.dtype != torch.float32:
+        return "float32 only"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# The networks and their inputs
+
+
+class Network(nn.Module):
+    """Convolutions in a row; with more than one, each followed by BatchNorm2d and ReLU.
+
+    ``partial``: the convolutions take and return a mask, which is carried from layer to layer.
+    """
+
+    def __init__(self, convs: list[nn.Module], partial: bool) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        width = [int(getattr(conv, "out_channels", 0)) for conv in convs]
+        self.norms = nn.ModuleList([nn.BatchNorm2d(c) for c in width] if len(convs) > 1 else [])
+        self.partial = partial
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        for i, conv in enumerate(self.convs):
+            if self.partial:
+                x, mask = conv(x, mask)
+            else:
+                x = conv(x)
+            if self.norms:
+                x = F.relu(self.norms[i](x))
+        return x
+
+
+def _layer(impl: Impl, in_channels: int, config: Config, settings: Settings) -> nn.Module:
+    args = (in_channels, config.out_channels, config.kernel_size)
+    kwargs: dict[str, Any] = {"padding": config.padding}
+    if impl.kind == "conv":
+        return nn.Conv2d(*args, **kwargs)
+    if impl.kind == "pconv":
+        return PConv2d(*args, **kwargs, multi_channel=impl.multi_channel)
+    if impl.kind == "nvidia":
+        return reference.PartialConv2d(*args, **kwargs, multi_channel=impl.multi_channel, return_mask=True)
+    if impl.kind == "baseline":
+        assert settings.baseline is not None
+        return settings.baseline(*args, **kwargs, multi_channel=impl.multi_channel)
+    assert settings.v011 is not None
+    return settings.v011(*args, **kwargs, bias=True)
+
+
+def build_network(impl: Impl, config: Config, settings: Settings) -> Network:
+    """The network of ``config`` made of ``impl``'s layers, with the same weights for every impl
+    (eager, even for a compiled impl: see run.bench_config)."""
+    widths = [config.in_channels] + [config.out_channels] * (config.layers - 1)
+    torch.manual_seed(settings.seed)  # the weights are drawn before any layer's own initialisation
+    plains = [nn.Conv2d(c, config.out_channels, config.kernel_size, padding=config.padding) for c in widths]
+    convs = []
+    for in_channels, plain in zip(widths, plains, strict=True):
+        layer = _layer(impl, in_channels, config, settings)
+        if impl.kind == "v011":
+            layer.set_weight(plain.weight)  # type: ignore[operator]
+            layer.set_bias(plain.bias)  # type: ignore[operator]
+        else:
+            layer.load_state_dict(plain.state_dict())
+        convs.append(layer)
+    return Network(convs, partial=impl.kind != "conv").to(settings.device, settings.dtype)
+
+
+@dataclass
+class Inputs:
+    """The input, one mask per layout, and the output gradient of a config."""
+
+    x: Tensor
+    masks: dict[str, Tensor | None]
+    grad: Tensor
+
+
+def make_inputs(config: Config, settings: Settings) -> Inputs:
+    """A random input that requires grad (the layer sits inside a network) and its masks."""
+    gen = torch.Generator().manual_seed(settings.seed)
+    shape = (config.batch, config.in_channels, config.size, config.size)
+    x = torch.randn(shape, generator=gen).to(settings.device, settings.dtype).requires_grad_()
+    masks: dict[str, Tensor | None] = {"none": None, "multi": None, "single": None, "shared": None}
+    if config.holes is not None:
+        single = random_holes((config.batch, 1, config.size, config.size), config.holes, generator=gen)
+        single = single.to(settings.device, settings.dtype)
+        masks.update(multi=single.expand(shape).contiguous(), single=single, shared=single.squeeze(1).clone())
+    out = config.size + config.layers * (2 * config.padding - config.kernel_size + 1)
+    grad = torch.randn((config.batch, config.out_channels, out, out), generator=gen).to(settings.device, settings.dtype)
+    return Inputs(x, masks, grad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Other builds: both are packages named torch_pconv, so neither can be imported as itself.
+
+
+def load_v011(path: str | Path) -> type[nn.Module]:
+    """torch-pconv 0.1.1's ``PConv2d``, from its wheel or unpacked folder.
+
+    Its ``pconv.py`` is loaded as a private module. Get the wheel with
+    ``pip download --no-deps torch-pconv==0.1.1 -d DIR``.
+    """
+    path = Path(path)
+    if path.is_file():  # a wheel is a zip archive
+        with zipfile.ZipFile(path) as wheel:
+            source = wheel.read("torch_pconv/pconv.py").decode()
+    else:
+        file = path / "torch_pconv" / "pconv.py"
+        source = (file if file.exists() else path / "pconv.py").read_text()
+    module = types.ModuleType("torch_pconv_v011")
+    exec(compile(source, f"{path} (torch-pconv 0.1.1)", "exec"), module.__dict__)
+    cls: type[nn.Module] = module.PConv2d
+    return cls
+
+
+BASELINE_MODULE = "torch_pconv_baseline"
+
+
+def load_baseline(path: str | Path, name: str = BASELINE_MODULE) -> type[nn.Module]:
+    """``PConv2d`` of another build of this package: a checkout, or its ``torch_pconv`` folder.
+
+    The package is imported under ``name``, with its submodules, so that its relative imports
+    (``from .masks import ...``) resolve within it and never reach the installed torch_pconv.
+    A second call replaces what an earlier one loaded under ``name``.
+    """
+    path = Path(path)
+    package = path / "torch_pconv" if (path / "torch_pconv" / "__init__.py").exists() else path
+    init = package / "__init__.py"
+    if not init.exists():
+        raise FileNotFoundError(f"--baseline {path}: no torch_pconv package there (no {init})")
+    _forget(name)
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(package)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before it runs: its relative imports look it up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        _forget(name)
+        raise
+    cls: type[nn.Module] = module.PConv2d
+    return cls
+
+
+def _forget(name: str) -> None:
+    """Drop the package ``name`` and its submodules from sys.modules."""
+    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[loaded]

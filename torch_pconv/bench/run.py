@@ -1,0 +1,216 @@
+"""Running the benchmark: for each config, its implementations' times, memory and agreement."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .configs import HOOKS, Config, Settings
+from .impls import BASELINE, IMPLS, NVIDIA, Impl, Inputs, applicable, build_network, conv_of, make_inputs
+from .measure import (
+    STEPS,
+    Samples,
+    Step,
+    forward,
+    forward_backward,
+    hooked_forward,
+    inference,
+    measure_memory,
+    time_interleaved,
+)
+
+__all__ = ["Row", "Run", "Unavailable", "bench_config", "plan", "run_bench", "ticks"]
+
+
+@dataclass
+class Row:
+    """Every figure of one implementation on one config."""
+
+    config: Config
+    impl: Impl
+    times: dict[str, Samples]  # mode -> samples
+    memory: dict[str, int]  # MEMORY name -> bytes
+    error: float | None  # max|out - NVIDIA multi_channel's out| / max|NVIDIA's out|; None for nn.Conv2d
+
+
+@dataclass
+class Run:
+    """What a run measured, on which configs, and what it could not."""
+
+    configs: list[Config]
+    rows: list[Row]
+    notes: list[str]
+    settings: Settings
+
+
+class Unavailable(RuntimeError):
+    """A config this torch cannot run (torch.compile missing or failing); the run goes on without it."""
+
+
+def plan(configs: list[Config], settings: Settings) -> tuple[list[tuple[Config, list[Impl]]], list[str]]:
+    """The implementations that run on each config, and notes on the other builds that do not."""
+    planned = []
+    skipped: dict[tuple[str, str], list[str]] = {}  # (build, why) -> the configs it skips
+    for config in configs:
+        impls = []
+        for impl in IMPLS:
+            why = applicable(impl, config, settings.for_config(config))
+            other_build = impl.kind == "v011" or (impl.kind == "baseline" and settings.baseline is not None)
+            if why is None:
+                impls.append(impl)
+            elif other_build and not config.compiled:  # the compiled config has no other builds' rows
+                skipped.setdefault((impl.name, why), []).append(config.name)
+        planned.append((config, impls))
+    notes = [f"{name} not measured on {', '.join(names)}: {why}" for (name, why), names in skipped.items()]
+    return planned, notes
+
+
+def ticks(planned: list[tuple[Config, list[Impl]]], settings: Settings) -> int:
+    """How many times ``run_bench`` calls ``tick``: once per timed call and per memory measurement."""
+    rounds = settings.warmup + settings.repeats
+    timed = {c.name: sum(conv_of(impl) != impl for impl in impls) for c, impls in planned}  # all but the convs
+    return sum(rounds * len(c.modes) * timed[c.name] + len(impls) * bool(c.memory) for c, impls in planned)
+
+
+def run_bench(
+    configs: list[Config],
+    settings: Settings,
+    *,
+    tick: Callable[[], None] = lambda: None,
+    done: Callable[[Config, float], None] = lambda config, seconds: None,
+) -> Run:
+    """Run every config; ``done`` is called after each with the seconds it took."""
+    planned, notes = plan(configs, settings)
+    if settings.baseline is not None:
+        notes.append(f"{BASELINE}: PConv2d of {settings.baseline_path}")
+    rows = []
+    for config, impls in planned:
+        start = time.perf_counter()
+        try:
+            rows += bench_config(config, impls, settings.for_config(config), tick, notes)
+        except Unavailable as why:
+            notes.append(f"{config.name} not measured: {why}")
+        done(config, time.perf_counter() - start)
+    return Run(configs, rows, notes, settings)
+
+
+def bench_config(
+    config: Config,
+    impls: list[Impl],
+    settings: Settings,
+    tick: Callable[[], None] = lambda: None,
+    notes: list[str] | None = None,
+) -> list[Row]:
+    """Time, memory and agreement of every implementation on ``config``; why another build that
+    fails on this torch is left out goes to ``notes``."""
+    with _threads(config.threads):
+        nets: dict[str, nn.Module] = {impl.name: build_network(impl, config, settings) for impl in impls}
+        inputs = make_inputs(config, settings)
+        if config.compiled:
+            _compile(nets, impls, inputs)
+        impls = [impl for impl in impls if _runs(impl, nets[impl.name], inputs, config, notes)]
+        errors = agreement(nets, impls, inputs, config, settings)
+        steps: dict[str, dict[str, Callable[[], object]]] = {
+            impl.name: {
+                mode: functools.partial(STEPS[mode], nets[impl.name], inputs, inputs.masks[impl.mask])
+                for mode in config.modes
+            }
+            for impl in impls
+        }
+        times = time_interleaved(
+            steps,
+            {impl.name: conv_of(impl).name for impl in impls},
+            repeats=settings.repeats,
+            warmup=settings.warmup,
+            calls=config.calls,
+            device=settings.device,
+            tick=tick,
+        )
+        rows = []
+        for impl in impls:
+            memory = {}
+            if config.memory:
+                net, mask = nets[impl.name], inputs.masks[impl.mask]
+                memory = measure_memory(net, inputs, mask, config.memory, settings.device)
+                tick()
+            rows.append(Row(config, impl, times[impl.name], memory, errors.get(impl.name)))
+    return rows
+
+
+def _runs(impl: Impl, net: nn.Module, inputs: Inputs, config: Config, notes: list[str] | None) -> bool:
+    """Whether ``impl`` runs every step the config measures; only another build (0.1.1, the
+    baseline) is tried, and may fail: an older build may not support this torch."""
+    if impl.kind not in ("v011", "baseline"):
+        return True
+    steps: list[Step] = [forward_backward, inference]  # between them, every step but the hooked forward
+    if HOOKS in config.memory:
+        steps.append(hooked_forward)
+    try:
+        for step in steps:
+            step(net, inputs, inputs.masks[impl.mask])
+    except Exception as error:  # whatever that build raises
+        if notes is not None:
+            notes.append(f"{impl.name} not measured on {config.name}: it fails ({_first_line(error)})")
+        return False
+    return True
+
+
+def _compile(nets: dict[str, nn.Module], impls: list[Impl], inputs: Inputs) -> None:
+    """Put the compiled rows' networks through torch.compile and compile them now, by a first call,
+    so that no timing or memory window sees the compiler; raise Unavailable where it fails."""
+    compile = getattr(torch, "compile", None)
+    if not callable(compile):
+        raise Unavailable(f"this torch ({torch.__version__}) has no torch.compile")
+    for impl in impls:
+        if impl.compiled:
+            try:
+                nets[impl.name] = compile(nets[impl.name])
+                forward(nets[impl.name], inputs, inputs.masks[impl.mask])
+            except Exception as error:  # whatever a compiler raises: dynamo, inductor, a C++ toolchain
+                raise Unavailable(f"torch.compile of {impl.name} failed ({_first_line(error)})") from None
+
+
+def agreement(
+    nets: dict[str, nn.Module], impls: list[Impl], inputs: Inputs, config: Config, settings: Settings
+) -> dict[str, float]:
+    """Relative error of each partial implementation's output against NVIDIA's multi-channel layer:
+    a check that every row computes the same thing. Outputs come from a forward with autograd
+    recording, the mode the compiled rows were compiled for."""
+    nvidia = next(impl for impl in IMPLS if impl.name == NVIDIA)
+    reference = nets.get(NVIDIA) or build_network(nvidia, config, settings)
+
+    def output(net: nn.Module, mask: Tensor | None) -> Tensor:
+        return forward(net, inputs, mask).detach().double()
+
+    ref = output(reference, inputs.masks[nvidia.mask])
+    scale = ref.abs().max().item() or 1.0
+    return {
+        impl.name: (output(nets[impl.name], inputs.masks[impl.mask]) - ref).abs().max().item() / scale
+        for impl in impls
+        if impl.kind != "conv"
+    }
+
+
+def _first_line(error: Exception) -> str:
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:200]}"
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch.set_num_threads(count) inside, where count is not None."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
