@@ -27,6 +27,7 @@ from torch_pconv.__main__ import main
 from torch_pconv.bench import cli, impls, measure, report
 from torch_pconv.bench.configs import CONFIGS, MEMORY, MODES, Config, Settings
 from torch_pconv.bench.run import Row, Run, run_bench
+from torch_pconv.masks import MaskLayout
 
 FLOAT = 4  # bytes of a float32
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def test_memory_figures_repeat_to_the_byte() -> None:
     # hooks on a graph that saves its own output, the encoder's ReLU, would leak a cycle).
     encoder = replace(TINY, layers=2)
     net, inputs = impls.build_network(_row("NVIDIA multi_channel"), encoder, FAST), impls.make_inputs(encoder, FAST)
-    mask = inputs.masks["multi"]
+    mask = inputs.masks[MaskLayout.MULTI]
     first = bench.measure_memory(net, inputs, mask, MEMORY, "cpu")
     assert bench.measure_memory(net, inputs, mask, MEMORY, "cpu") == first
     assert bench.measure_memory(net, inputs, mask, MEMORY[3:4], "cpu") == {MEMORY[3]: first[MEMORY[3]]}

@@ -9,6 +9,7 @@ import torch
 
 from torch_pconv.__main__ import main
 from torch_pconv.check import BATCH, CASES, IN_CHANNELS, SPATIAL, Case, build_pair, make_mask, run_check
+from torch_pconv.masks import MaskLayout
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -28,7 +29,7 @@ def test_check_command_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_layers_follow_the_fields_not_the_name(case: Case) -> None:
     # A per-channel mask needs multi_channel=True in both layers; the name is display only.
-    if case.mask in ("multi", "shared"):
+    if case.mask.multi_channel:  # MULTI and SHARED
         assert case.multi_channel
     renamed = replace(case, name="multi-channel" if not case.multi_channel else "single-channel")
     for built in (build_pair(case, "cpu", torch.float32), build_pair(renamed, "cpu", torch.float32)):
@@ -40,19 +41,24 @@ def test_layers_follow_the_fields_not_the_name(case: Case) -> None:
 
 def test_mask_None_case_with_multi_channel_is_marked_so() -> None:
     # The one case whose flag used to be read from its name.
-    (case,) = [c for c in CASES if c.mask == "none" and c.multi_channel]
+    (case,) = [c for c in CASES if c.mask is MaskLayout.NONE and c.multi_channel]
     ours, _ = build_pair(case, "cpu", torch.float32)
     assert ours.multi_channel
 
 
 @pytest.mark.parametrize(
-    ("layout", "leading"),
-    [("single", (BATCH, 1)), ("broadcast", (1, 1)), ("multi", (BATCH, IN_CHANNELS)), ("shared", (BATCH,))],
+    ("layout", "batch", "leading"),
+    [
+        (MaskLayout.SINGLE, BATCH, (BATCH, 1)),
+        (MaskLayout.SINGLE, 1, (1, 1)),
+        (MaskLayout.MULTI, BATCH, (BATCH, IN_CHANNELS)),
+        (MaskLayout.SHARED, BATCH, (BATCH,)),
+    ],
 )
 @pytest.mark.parametrize("holes", ["random", "rectangles", "strokes"])
-def test_make_mask_shape_and_values(layout: str, leading: tuple[int, ...], holes: str) -> None:
-    case = Case("any", {"kernel_size": 3}, layout, holes=holes)  # type: ignore[arg-type]
+def test_make_mask_shape_and_values(layout: MaskLayout, batch: int, leading: tuple[int, ...], holes: str) -> None:
+    case = Case("any", {"kernel_size": 3}, layout, mask_batch=batch, holes=holes)  # type: ignore[arg-type]
     mask = make_mask(case, SPATIAL[2], torch.Generator().manual_seed(0))
     assert mask is not None and mask.shape == (*leading, *SPATIAL[2])
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
-    assert make_mask(replace(case, mask="none"), SPATIAL[2], torch.Generator()) is None
+    assert make_mask(replace(case, mask=MaskLayout.NONE), SPATIAL[2], torch.Generator()) is None

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from . import reference
 from .holes import random_holes, rectangle_holes, stroke_holes
+from .masks import MaskLayout
 from .pconv import PConv2d, PConv3d
 
 __all__ = [
@@ -162,9 +163,11 @@ def compare(
 
 
 def _to_reference_layout(mask: Tensor, like: Tensor) -> Tensor:
-    """Our returned mask in the reference's layout: a (B, *S') mask is its channel-expanded mask."""
-    if mask.dim() == like.dim() - 1 and mask.shape == like.shape[:1] + like.shape[2:]:
-        return mask.unsqueeze(1).expand_as(like)
+    """Our returned mask in the layout of the reference's, ``like``: a (B, *S') mask is SHARED."""
+    if mask.dim() == like.dim() - 1:
+        expanded = MaskLayout.SHARED.to_reference(mask, like.shape[1])
+        assert expanded is not None
+        return expanded
     return mask  # of another shape, torch.equal tells them apart
 
 
@@ -178,8 +181,9 @@ class Case:
 
     name: str  # for display only: nothing is read from it
     layer: dict[str, Any]  # nn.Conv2d/3d arguments of both layers
-    mask: Literal["none", "single", "broadcast", "multi", "shared"]
+    mask: MaskLayout
     multi_channel: bool = False  # both layers' multi_channel argument
+    mask_batch: int = 2  # the mask's batch size: 1 broadcasts over the input's
     holes: Literal["random", "rectangles", "strokes"] = "random"
     dims: Literal[2, 3] = 2
     legacy: bool = False  # our layer's legacy_behaviour
@@ -188,23 +192,23 @@ class Case:
 _K3 = {"kernel_size": 3, "padding": 1}
 _K35_DILATED_GROUPED = {"kernel_size": (3, 5), "padding": 2, "dilation": 2, "groups": 2}
 
+_SINGLE, _MULTI, _SHARED, _NONE = MaskLayout.SINGLE, MaskLayout.MULTI, MaskLayout.SHARED, MaskLayout.NONE
+
 CASES = [
-    Case("3x3 single-channel, random holes", _K3, "single"),
-    Case("3x3 single-channel, legacy_behaviour", _K3, "single", legacy=True),
-    Case("5x5 stride 2, rectangles", {"kernel_size": 5, "stride": 2, "padding": 2}, "single", holes="rectangles"),
-    Case("7x7 multi-channel, strokes", {"kernel_size": 7, "padding": 3}, "multi", True, "strokes"),
-    Case("3x3 multi-channel, legacy_behaviour", _K3, "multi", True, legacy=True),
+    Case("3x3 single-channel, random holes", _K3, _SINGLE),
+    Case("3x3 single-channel, legacy_behaviour", _K3, _SINGLE, legacy=True),
+    Case("5x5 stride 2, rectangles", {"kernel_size": 5, "stride": 2, "padding": 2}, _SINGLE, holes="rectangles"),
+    Case("7x7 multi-channel, strokes", {"kernel_size": 7, "padding": 3}, _MULTI, True, holes="strokes"),
+    Case("3x3 multi-channel, legacy_behaviour", _K3, _MULTI, True, legacy=True),
     # A (B, H, W) mask stands for every channel: NVIDIA's multi-channel layer on the expanded mask.
-    Case("(B, H, W) mask, 3x3 'same'", {"kernel_size": 3, "padding": "same"}, "shared", True, "strokes"),
-    Case("(1, 1, H, W) batch-broadcast mask", _K3, "broadcast"),
-    Case(
-        "3x5 kernel, dilation 2, groups 2", {"kernel_size": (3, 5), "padding": 2, "dilation": 2, "groups": 2}, "single"
-    ),
-    Case("reflect padding, no bias", {**_K3, "padding_mode": "reflect", "bias": False}, "multi", True),
-    Case("mask None (partial padding)", _K3, "none"),
-    Case("mask None, multi-channel", {"kernel_size": 3, "padding": 2, "stride": 2}, "none", True),
-    Case("3-D 3x3x3 single-channel", _K3, "single", dims=3),
-    Case("3-D multi-channel, stride 2", {**_K3, "stride": 2}, "multi", True, dims=3),
+    Case("(B, H, W) mask, 3x3 'same'", {"kernel_size": 3, "padding": "same"}, _SHARED, True, holes="strokes"),
+    Case("(1, 1, H, W) batch-broadcast mask", _K3, _SINGLE, mask_batch=1),
+    Case("3x5 kernel, dilation 2, groups 2", _K35_DILATED_GROUPED, _SINGLE),
+    Case("reflect padding, no bias", {**_K3, "padding_mode": "reflect", "bias": False}, _MULTI, True),
+    Case("mask None (partial padding)", _K3, _NONE),
+    Case("mask None, multi-channel", {"kernel_size": 3, "padding": 2, "stride": 2}, _NONE, True),
+    Case("3-D 3x3x3 single-channel", _K3, _SINGLE, dims=3),
+    Case("3-D multi-channel, stride 2", {**_K3, "stride": 2}, _MULTI, True, dims=3),
 ]
 
 BATCH, IN_CHANNELS, OUT_CHANNELS = 2, 4, 6
@@ -213,10 +217,9 @@ SPATIAL = {2: (16, 16), 3: (8, 8, 8)}
 
 def make_mask(case: Case, spatial: tuple[int, ...], generator: torch.Generator) -> Tensor | None:
     """The mask of ``case``, in its layout, for a (BATCH, IN_CHANNELS, *spatial) input."""
-    if case.mask == "none":
+    shape = case.mask.shape(case.mask_batch, IN_CHANNELS, spatial)
+    if shape is None:
         return None
-    leading = {"single": (BATCH, 1), "broadcast": (1, 1), "multi": (BATCH, IN_CHANNELS), "shared": (BATCH,)}
-    shape = (*leading[case.mask], *spatial)
     if case.holes == "rectangles":
         return rectangle_holes(shape, generator=generator)
     if case.holes == "strokes":
@@ -250,9 +253,7 @@ def run_check(
             x = torch.randn((BATCH, IN_CHANNELS, *spatial), generator=generator, dtype=dtype).to(device)
             mask = make_mask(case, spatial, generator)
             mask = None if mask is None else mask.to(device, dtype)
-            ref_mask = mask
-            if case.mask == "shared" and mask is not None:  # the reference spells it (B, C_in, *S)
-                ref_mask = mask.unsqueeze(1).expand(-1, IN_CHANNELS, *spatial)
+            ref_mask = case.mask.to_reference(mask, IN_CHANNELS)  # (B, *S) is (B, C_in, *S) there
             rows.append((case, dtype, compare(ours, ref, x, mask, ref_mask, seed=seed)))
     return rows
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .. import reference
 from ..holes import random_holes
+from ..masks import MaskLayout
 from ..pconv import PConv2d
 from .configs import Config, Settings
 
@@ -38,7 +39,7 @@ __all__ = [
     "nvidia_of",
 ]
 
-Layout = Literal["none", "multi", "single", "shared"]  # the mask: None, (B, C, H, W), (B, 1, H, W), (B, H, W)
+_NONE, _SINGLE, _MULTI, _SHARED = MaskLayout.NONE, MaskLayout.SINGLE, MaskLayout.MULTI, MaskLayout.SHARED
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Impl:
     name: str
     kind: Literal["conv", "pconv", "nvidia", "v011", "baseline"]
     multi_channel: bool = False
-    mask: Layout = "single"
+    mask: MaskLayout = _SINGLE
     compiled: bool = False  # wrapped in torch.compile
 
 
@@ -58,16 +59,16 @@ NVIDIA_SINGLE = "NVIDIA single"
 V011 = "torch-pconv 0.1.1"
 BASELINE = "torch_pconv (baseline)"
 IMPLS = [
-    Impl(CONV, "conv", mask="none"),
-    Impl("PConv2d multi_channel", "pconv", True, "multi"),
-    Impl("PConv2d", "pconv", False, "single"),
-    Impl("PConv2d (B,H,W) mask", "pconv", False, "shared"),
-    Impl(NVIDIA, "nvidia", True, "multi"),
-    Impl(NVIDIA_SINGLE, "nvidia", False, "single"),
-    Impl(V011, "v011", False, "shared"),
-    Impl(BASELINE, "baseline", False, "single"),
-    Impl(f"{CONV} (compiled)", "conv", mask="none", compiled=True),
-    Impl("PConv2d (compiled)", "pconv", False, "single", compiled=True),
+    Impl(CONV, "conv", mask=_NONE),
+    Impl("PConv2d multi_channel", "pconv", True, _MULTI),
+    Impl("PConv2d", "pconv", False, _SINGLE),
+    Impl("PConv2d (B,H,W) mask", "pconv", False, _SHARED),
+    Impl(NVIDIA, "nvidia", True, _MULTI),
+    Impl(NVIDIA_SINGLE, "nvidia", False, _SINGLE),
+    Impl(V011, "v011", False, _SHARED),
+    Impl(BASELINE, "baseline", False, _SINGLE),
+    Impl(f"{CONV} (compiled)", "conv", mask=_NONE, compiled=True),
+    Impl("PConv2d (compiled)", "pconv", False, _SINGLE, compiled=True),
 ]
 
 
@@ -84,12 +85,12 @@ def nvidia_of(impl: Impl) -> str:
 def applicable(impl: Impl, config: Config, settings: Settings) -> str | None:
     """None if ``impl`` runs on ``config``, else why not."""
     if config.compiled:  # nn.Conv2d and PConv2d, each compiled and eager
-        if impl.kind == "conv" or (impl.kind == "pconv" and impl.mask == "single"):
+        if impl.kind == "conv" or (impl.kind == "pconv" and impl.mask is _SINGLE):
             return None
         return "not in the compiled config"
     if impl.compiled:
         return "compiled config only"
-    if impl.kind == "pconv" and impl.mask == "shared" and config.holes is None:
+    if impl.kind == "pconv" and impl.mask is _SHARED and config.holes is None:
         return "with mask None it is the PConv2d row"
     if impl.kind == "baseline" and settings.baseline is None:
         return "not given (--baseline PATH to another checkout)"
@@ -171,7 +172,7 @@ class Inputs:
     """The input, one mask per layout, and the output gradient of a config."""
 
     x: Tensor
-    masks: dict[str, Tensor | None]
+    masks: dict[MaskLayout, Tensor | None]
     grad: Tensor
 
 
@@ -180,11 +181,11 @@ def make_inputs(config: Config, settings: Settings) -> Inputs:
     gen = torch.Generator().manual_seed(settings.seed)
     shape = (config.batch, config.in_channels, config.size, config.size)
     x = torch.randn(shape, generator=gen).to(settings.device, settings.dtype).requires_grad_()
-    masks: dict[str, Tensor | None] = {"none": None, "multi": None, "single": None, "shared": None}
-    if config.holes is not None:
+    masks: dict[MaskLayout, Tensor | None] = dict.fromkeys(MaskLayout)
+    if config.holes is not None:  # the same holes in every layout
         single = random_holes((config.batch, 1, config.size, config.size), config.holes, generator=gen)
         single = single.to(settings.device, settings.dtype)
-        masks.update(multi=single.expand(shape).contiguous(), single=single, shared=single.squeeze(1).clone())
+        masks.update({_SINGLE: single, _MULTI: single.expand(shape).contiguous(), _SHARED: single.squeeze(1).clone()})
     out = config.size + config.layers * (2 * config.padding - config.kernel_size + 1)
     grad = torch.randn((config.batch, config.out_channels, out, out), generator=gen).to(settings.device, settings.dtype)
     return Inputs(x, masks, grad)
