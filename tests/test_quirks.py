@@ -110,7 +110,6 @@ def test_profile_events_fall_back_to_no_memory_figures(monkeypatch: pytest.Monke
         (x @ x).sum()
     assert meter.results["w"][0] >= 64 * 64 * 4
     monkeypatch.setattr(quirks, "profile_events", lambda prof: None)
-    monkeypatch.setattr("torch_pconv.bench.profile_events", lambda prof: None)
     with LiveBytes("cpu") as meter, meter.window("w"):
         (x @ x).sum()
     assert meter.results == {}

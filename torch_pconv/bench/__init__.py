@@ -8,7 +8,6 @@
 - :mod:`.cli`: the command's options and progress.
 """
 
-from ..quirks import profile_events  # noqa: F401  (the meter's source, patched here by tests/test_quirks.py)
 from .configs import CONFIGS, MEMORY, MODES, Config, Settings
 from .impls import IMPLS, Impl, load_baseline, load_v011
 from .measure import LiveBytes, measure_memory, time_interleaved
