@@ -1,4 +1,5 @@
-"""Command line: ``python -m torch_pconv bench`` (speed, memory) and ``check`` (equivalence with NVIDIA's reference)."""
+"""Command line: ``python -m torch_pconv bench`` (speed, memory), ``check`` (equivalence with NVIDIA's reference)
+and ``inpaint`` (the inpainting network, in torch_pconv.inpainting)."""
 
 from __future__ import annotations
 
@@ -130,6 +131,11 @@ def _fraction(error: float, bound: float) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["inpaint"]:  # its own parser; its dependencies (the inpainting extra) load only here
+        from .inpainting.cli import main as inpaint_main
+
+        return inpaint_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m torch_pconv", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="compare PConv2d/3d with NVIDIA's reference, exit 1 on a disagreement")
@@ -139,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="time and memory of PConv2d, the reference and nn.Conv2d, side by side")
     add_bench_arguments(bench)
     bench.set_defaults(run=run_bench_command)
+    commands.add_parser("inpaint", help="train, evaluate and fill with the paper's PConvUNet (see inpaint --help)")
     args = parser.parse_args(argv)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: this torch build ({torch.__version__}) sees no CUDA device")
