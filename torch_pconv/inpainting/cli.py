@@ -44,6 +44,7 @@ def _train(args: argparse.Namespace) -> int:
         vgg=None if args.no_vgg else args.vgg,
         weights=weights,
         samples_per_epoch=args.samples_per_epoch,
+        cache_images=args.cache_images,
         seed=args.seed,
         workers=args.workers,
         log_every=args.log_every,
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, default in (("valid", 1), ("hole", 6), ("perceptual", 0.05), ("style", 120), ("tv", 0.1)):
         t.add_argument(f"--{name}", type=float, help=f"{name} loss weight (default: {default})")
     t.add_argument("--samples-per-epoch", type=int, help="crops per epoch (default: one per image)")
+    t.add_argument("--cache-images", action="store_true", help="keep decoded images in memory")
     t.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: 0)")
     t.add_argument("--log-every", type=int, default=50, help="steps between log lines (default: %(default)s)")
     t.add_argument("--grid-every", type=int, default=1000, help="steps between PNG grids (default: %(default)s)")

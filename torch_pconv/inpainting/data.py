@@ -93,6 +93,7 @@ class InpaintingDataset(Dataset[tuple[Tensor, Tensor]]):
         size: crop side.
         length: items per epoch (default: one per image).
         seed: the seed of the crops.
+        cache: keep decoded images in memory (each DataLoader worker keeps its own copy).
 
     Shape:
         - item: image ``(3, size, size)``, mask ``(1, size, size)``
@@ -105,12 +106,14 @@ class InpaintingDataset(Dataset[tuple[Tensor, Tensor]]):
         size: int,
         length: int | None = None,
         seed: int = 0,
+        cache: bool = False,
     ) -> None:
         if not images:
             raise ValueError("InpaintingDataset: no images")
         self.images, self.masks, self.size, self.seed = list(images), masks, size, seed
         self.length = len(self.images) if length is None else length
         self.epoch = 0
+        self.cache: dict[int, Tensor] | None = {} if cache else None
 
     def set_epoch(self, epoch: int) -> None:
         """Draw new crops and masks (and new mask augmentations, for a MaskFolder)."""
@@ -123,14 +126,23 @@ class InpaintingDataset(Dataset[tuple[Tensor, Tensor]]):
         return self.length
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        source = self.images[index % len(self.images)]
-        image = source if isinstance(source, Tensor) else read_image(source)
+        image = self._image(index % len(self.images))
         generator = seeded(self.seed, self.epoch, index)
         image = random_crop(image, self.size, generator)
         if bool(torch.rand(1, generator=generator) < 0.5):
             image = image.flip(-1)
         mask = self.masks[(self.epoch * self.length + index) % len(self.masks)]  # type: ignore[arg-type]
         return image, mask
+
+    def _image(self, index: int) -> Tensor:
+        source = self.images[index]
+        if isinstance(source, Tensor):
+            return source
+        if self.cache is None:
+            return read_image(source)
+        if index not in self.cache:
+            self.cache[index] = read_image(source)
+        return self.cache[index]
 
 
 def random_crop(image: Tensor, size: int, generator: torch.Generator) -> Tensor:

@@ -192,22 +192,25 @@ class PConvUNet(nn.Module):
 
 
 def inpaint(model: PConvUNet, image: Tensor, mask: Tensor) -> Tensor:
-    """Fill the holes of images of any size: pad to the network's multiple (reflecting the
-    image, the padding marked as holes), run the network, crop, and keep the valid pixels.
+    """Fill the holes of images of any size: pad to the network's multiple (the padding is a
+    hole, so it adds nothing), run the network, crop, and keep the valid pixels as they were.
 
     Shape:
         - image: ``(B, C, H, W)``; mask: ``(B, 1, H, W)`` or ``(B, H, W)``, 1 valid, 0 hole
-        - output: ``(B, C, H, W)``, the composite ``mask * image + (1 - mask) * output``
+        - output: ``(B, C, H, W)``: the image at valid pixels, the network's output in the holes
     """
     if mask.dim() == 3:
         mask = mask.unsqueeze(1)
     mask = mask.to(image.dtype)
     height, width = image.shape[-2:]
     pad_h, pad_w = -height % model.multiple, -width % model.multiple
-    padded = F.pad(image * mask, (0, pad_w, 0, pad_h))
+    valid = mask > 0
+    # A select, not a product: whatever the holes hold (NaN included) never reaches the result.
+    known = torch.where(valid, image, 0)
+    padded = F.pad(known, (0, pad_w, 0, pad_h))
     padded_mask = F.pad(mask, (0, pad_w, 0, pad_h))  # the padding is a hole: it carries nothing
     output: Tensor = model(padded, padded_mask)[..., :height, :width]
-    return mask * image + (1 - mask) * output
+    return torch.where(valid, image, output)
 
 
 def _paper(values: tuple[int, ...], layers: int) -> tuple[int, ...]:

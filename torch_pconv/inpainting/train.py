@@ -50,6 +50,7 @@ class TrainConfig:
     vgg: str | None = "cache"  # VGG-16 weights: a path, "cache" (torch's checkpoint cache), None: no VGG terms
     weights: dict[str, float] = dataclasses.field(default_factory=dict)  # loss weights overriding the paper's
     samples_per_epoch: int | None = None  # default: one crop per image
+    cache_images: bool = False  # keep decoded images in memory
     seed: int = 0
     workers: int = 0
     log_every: int = 50
@@ -253,7 +254,9 @@ def _build_dataset(config: TrainConfig) -> InpaintingDataset:
         masks = MaskGenerator(config.size, length=100_000, seed=config.seed + 1)
     else:
         masks = MaskFolder(config.masks, config.size, hole_value=config.hole_value, seed=config.seed + 1)
-    return InpaintingDataset(images, masks, config.size, length=config.samples_per_epoch, seed=config.seed)
+    return InpaintingDataset(
+        images, masks, config.size, length=config.samples_per_epoch, seed=config.seed, cache=config.cache_images
+    )
 
 
 def _setup(config: TrainConfig) -> tuple[int, int, torch.device]:
