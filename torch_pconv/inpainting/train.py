@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .data import InpaintingDataset, list_images, save_grid
 from .loss import InpaintingLoss, VGG16Features
-from .masks import MaskFolder, MaskGenerator
+from .masks import MaskFolder, MaskGenerator, seeded
 from .model import PConvUNet
 
 __all__ = ["CHECKPOINT", "TrainConfig", "build_model", "load_checkpoint", "load_model", "save_checkpoint", "train"]
@@ -239,7 +239,10 @@ def _loader(
     dataset.set_epoch(epoch)
     indices = list(sampler)
     batches = [indices[i : i + config.batch] for i in range(0, len(indices) - config.batch + 1, config.batch)]
-    return DataLoader(dataset, batch_sampler=batches[position:], num_workers=config.workers)
+    # A generator of our own: otherwise every new DataLoader draws its workers' base seed from the
+    # global RNG, and a resumed run would leave that RNG elsewhere than an uninterrupted one.
+    generator = seeded(config.seed, epoch)
+    return DataLoader(dataset, batch_sampler=batches[position:], num_workers=config.workers, generator=generator)
 
 
 def _build_loss(config: TrainConfig) -> InpaintingLoss:
