@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -155,6 +156,14 @@ def test_fine_tuning_freezes_encoder_batch_norm(images, tmp_path):
 def test_amp_on_cpu(images, tmp_path):
     result = train(_config(images, tmp_path, steps=2, amp=True))
     assert all(torch.isfinite(torch.tensor(result[name])) for name in TERMS)
+
+
+def test_progress_without_tqdm(images, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    train(_config(images, tmp_path, steps=2, progress=True))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["step 1", "step 2"]
+    assert all("hole" in line and "total" in line for line in lines)
 
 
 def test_sync_bn_needs_cuda(images, tmp_path):

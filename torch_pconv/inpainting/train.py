@@ -306,18 +306,31 @@ def _unwrap(model: nn.Module) -> PConvUNet:
 
 
 class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-    def set_postfix(self, values: dict[str, str], refresh: bool = True) -> None: ...
+    """What stands in for tqdm: nothing, or (``lines=True``, tqdm missing) one line per log step."""
+
+    def __init__(self, lines: bool = False) -> None:
+        self.lines, self.step = lines, 0
+
+    def update(self, n: int = 1) -> None:
+        self.step += n
+
+    def set_postfix(self, values: dict[str, str], refresh: bool = True) -> None:
+        if self.lines:
+            print(f"step {self.step}: " + ", ".join(f"{k} {v}" for k, v in values.items()), flush=True)
+
     def close(self) -> None: ...
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
-    """A tqdm bar when tqdm is installed (the bench extra) and wanted, else nothing."""
+    """A tqdm bar when wanted and tqdm is installed (the bench extra); without tqdm, a line per
+    log step; unwanted, nothing."""
     if enabled:
         try:
             from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
             return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
         except ImportError:
-            pass
+            bar = _NoBar(lines=True)
+            bar.step = initial
+            return bar
     return _NoBar()
