@@ -41,6 +41,7 @@ def test_photographs_are_real_and_scaled():
     assert images[0].std() > 0.05  # a photograph, not a blank
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_metrics_and_figure(tmp_path):
     threads = torch.get_num_threads()
     try:

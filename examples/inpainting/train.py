@@ -58,13 +58,13 @@ def photographs(names: tuple[str, ...], side: int) -> list[torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=1000, help="first phase steps (default: %(default)s)")
-    parser.add_argument("--fine-tune-steps", type=int, default=100, help="fine-tuning steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=2000, help="first phase steps (default: %(default)s)")
+    parser.add_argument("--fine-tune-steps", type=int, default=200, help="fine-tuning steps (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3, help="first phase learning rate (default: %(default)s)")
     parser.add_argument("--size", type=int, default=64, help="crop side (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=16, help="batch (default: %(default)s)")
     parser.add_argument("--layers", type=int, default=5, help="encoder depth (default: %(default)s)")
-    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256, 256], help="encoder widths")
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128, 128], help="encoder widths")
     parser.add_argument("--side", type=int, default=256, help="photographs scaled to this shorter side")
     parser.add_argument("--crops", type=int, default=8, help="evaluation crops per photograph (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
