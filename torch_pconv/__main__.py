@@ -1,4 +1,5 @@
-"""Command line: ``python -m torch_pconv bench`` (speed, memory) and ``check`` (equivalence with NVIDIA's layer)."""
+"""Command line: ``python -m torch_pconv bench`` (speed, memory), ``check`` (equivalence with NVIDIA's layer)
+and ``inpaint`` (the inpainting network of torch_pconv.inpainting)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["inpaint"]:  # its own parser; its dependencies (the inpainting extra) load only here
+        from .inpainting.cli import main as inpaint_main
+
+        return inpaint_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m torch_pconv", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -27,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     bench.add_arguments(command)
     command.set_defaults(run=bench.main)
+
+    # Listed for --help; dispatched above, before this parser, to the inpainting extra's own.
+    commands.add_parser("inpaint", help="train, evaluate and fill with the paper's PConvUNet (see inpaint --help)")
 
     args = parser.parse_args(argv)
     device = getattr(args, "device", None)

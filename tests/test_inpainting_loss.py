@@ -1,0 +1,171 @@
+"""InpaintingLoss against values computed by hand on tiny tensors, and the VGG-16 feature stack."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("PIL")
+pytest.importorskip("pytorch_msssim")
+
+from torch_pconv.inpainting import (
+    InpaintingLoss,
+    VGG16Features,
+    gram_matrix,
+    hole_border,
+    total_variation,
+)
+from torch_pconv.inpainting.loss import VGG16_FILE
+
+
+class Identity(nn.Module):
+    """A feature extractor returning the image itself: the perceptual and style terms by hand."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x]
+
+
+def _row(*values: float) -> torch.Tensor:
+    return torch.tensor(values).view(1, 1, 1, -1)
+
+
+def test_every_term_by_hand():
+    # One channel, one row of two pixels: the first valid, the second a hole.
+    output, target, mask = _row(1.0, 3.0), _row(0.0, 1.0), _row(1.0, 0.0)
+    # comp = mask * target + (1 - mask) * output = [0, 3]
+    terms = InpaintingLoss(Identity())(output, target, mask)
+    expected = {
+        "valid": (1 + 0) / 2,  # |1 - 0| on the valid pixel, size-averaged over both pixels
+        "hole": (0 + 2) / 2,  # |3 - 1| on the hole
+        "perceptual": (1 + 2) / 2 + (0 + 2) / 2,  # out vs gt, comp vs gt
+        # Gram matrices with K = 1/(C·H·W) = 1/2: out (1 + 9)/2 = 5, gt 1/2, comp 9/2.
+        "style_out": abs(5 - 0.5),
+        "style_comp": abs(4.5 - 0.5),
+        # The dilated hole covers both pixels: one horizontal pair, |3 - 0|, over 2 elements.
+        "tv": 3 / 2,
+    }
+    expected["total"] = (
+        1 * expected["valid"]
+        + 6 * expected["hole"]
+        + 0.05 * expected["perceptual"]
+        + 120 * (expected["style_out"] + expected["style_comp"])
+        + 0.1 * expected["tv"]
+    )
+    assert set(terms) == set(expected)
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value, rel=1e-6), name
+
+
+def test_weights_are_overridable_and_none_skips_vgg():
+    output, target, mask = _row(1.0, 3.0), _row(0.0, 1.0), _row(1.0, 0.0)
+    terms = InpaintingLoss(Identity(), valid=2, hole=0, perceptual=1, style=0, tv=10)(output, target, mask)
+    assert terms["total"].item() == pytest.approx(2 * 0.5 + 1 * 2.5 + 10 * 1.5)
+    plain = InpaintingLoss(None)(output, target, mask)
+    assert plain["perceptual"].item() == plain["style_out"].item() == plain["style_comp"].item() == 0
+    assert plain["total"].item() == pytest.approx(0.5 + 6 * 1.0 + 0.1 * 1.5)
+    assert "hole=6.0" in repr(InpaintingLoss())
+
+
+def test_size_averaging_over_channels_and_batch():
+    # Every L1 term is a mean over all elements: repeating the batch or the channels changes nothing.
+    g = torch.Generator().manual_seed(0)
+    output, target = torch.rand(1, 1, 4, 4, generator=g), torch.rand(1, 1, 4, 4, generator=g)
+    mask = (torch.rand(1, 1, 4, 4, generator=g) > 0.5).float()
+    loss = InpaintingLoss(Identity())
+    one = loss(output, target, mask)
+    many = loss(output.expand(3, 3, -1, -1), target.expand(3, 3, -1, -1), mask.expand(3, 1, -1, -1))
+    for name in ("valid", "hole", "perceptual", "tv"):
+        assert many[name].item() == pytest.approx(one[name].item(), rel=1e-6), name
+
+
+def test_gram_matrix_by_hand():
+    features = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 2, 1, 2)  # C=2, H=1, W=2
+    expected = torch.tensor([[1 + 4, 3 + 8], [3 + 8, 9 + 16]]) / (2 * 1 * 2)
+    torch.testing.assert_close(gram_matrix(features), expected[None])
+
+
+def test_hole_border_is_the_one_pixel_dilation():
+    mask = torch.ones(1, 1, 5, 5)
+    mask[0, 0, 2, 2] = 0
+    border = hole_border(mask)
+    expected = torch.zeros(1, 1, 5, 5)
+    expected[0, 0, 1:4, 1:4] = 1
+    assert torch.equal(border, expected)
+
+
+def test_total_variation_counts_only_pairs_inside_the_region():
+    image = torch.tensor([[0.0, 1.0, 3.0], [2.0, 2.0, 7.0]]).view(1, 1, 2, 3)
+    region = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]).view(1, 1, 2, 3)
+    # Horizontal pairs inside: (0,1) |1-0|, (1,0)-(1,1) |0|, (1,1)-(1,2) |5|; vertical: |2-0|, |2-1|.
+    assert total_variation(image, region).item() == pytest.approx((1 + 0 + 5 + 2 + 1) / 6)
+
+
+def test_loss_is_float32_under_autocast_and_backpropagates():
+    g = torch.Generator().manual_seed(1)
+    output = torch.rand(2, 3, 16, 16, generator=g, requires_grad=True)
+    target = torch.rand(2, 3, 16, 16, generator=g)
+    mask = (torch.rand(2, 1, 16, 16, generator=g) > 0.3).float()
+    torch.manual_seed(0)
+    loss = InpaintingLoss(VGG16Features())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = loss(output.to(torch.bfloat16), target, mask)
+    assert all(t.dtype == torch.float32 and torch.isfinite(t) for t in terms.values())
+    terms["total"].backward()
+    assert output.grad is not None and output.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in loss.extractor.parameters())
+
+
+def test_vgg16_shapes_keys_and_normalisation():
+    torch.manual_seed(0)
+    vgg = VGG16Features()
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    maps = vgg(image)
+    assert [tuple(m.shape) for m in maps] == [(2, 64, 8, 8), (2, 128, 4, 4), (2, 256, 2, 2)]
+    # torchvision's names for VGG-16's convolutions up to conv3_3.
+    assert list(vgg.state_dict()) == [f"features.{i}.{p}" for i in (0, 2, 5, 7, 10, 12, 14) for p in ("weight", "bias")]
+    # Inputs in [0, 1] are normalised with ImageNet's mean and std before the first convolution.
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(vgg.features[:5]((image - mean) / std), maps[0])
+    vgg.train()
+    assert not vgg.training  # a fixed extractor
+
+
+def _fake_torchvision_vgg16(path):
+    """A state_dict shaped like torchvision's full VGG-16 (features and classifier)."""
+    g = torch.Generator().manual_seed(3)
+    state, channels = {}, 3
+    for index, width in zip(
+        (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
+        (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512),
+        strict=True,
+    ):
+        state[f"features.{index}.weight"] = torch.randn(width, channels, 3, 3, generator=g)
+        state[f"features.{index}.bias"] = torch.randn(width, generator=g)
+        channels = width
+    state["classifier.0.weight"] = torch.randn(8, 8, generator=g)
+    torch.save(state, path)
+    return state
+
+
+def test_vgg16_loads_torchvision_state_dict(tmp_path):
+    state = _fake_torchvision_vgg16(tmp_path / VGG16_FILE)
+    vgg = VGG16Features(tmp_path / VGG16_FILE)
+    for name, value in vgg.state_dict().items():
+        assert torch.equal(value, state[name])
+    # From torch's checkpoint cache, where torchvision downloads it.
+    hub = torch.hub.get_dir()
+    try:
+        torch.hub.set_dir(str(tmp_path / "hub"))
+        (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+        (tmp_path / VGG16_FILE).rename(tmp_path / "hub" / "checkpoints" / VGG16_FILE)
+        cached = VGG16Features("cache")
+        assert torch.equal(cached.features[0].weight, state["features.0.weight"])
+    finally:
+        torch.hub.set_dir(hub)
+
+
+def test_vgg16_missing_weights_say_where(tmp_path):
+    with pytest.raises(FileNotFoundError, match=VGG16_FILE):
+        VGG16Features(tmp_path / "nothing.pth")

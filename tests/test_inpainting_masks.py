@@ -1,0 +1,158 @@
+"""Masks: irregular_holes (holes.py), the bucketed generator, bucket_of, and the PNG folder loader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("PIL")
+pytest.importorskip("pytorch_msssim")
+
+from torch_pconv.holes import irregular_holes
+from torch_pconv.inpainting import BUCKETS, MaskFolder, MaskGenerator, bucket_of, hole_ratio
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "bucket"),
+    [(0.01, None), (0.0100001, 0), (0.1, 0), (0.1000001, 1), (0.35, 3), (0.6, 5), (0.6000001, None), (0.0, None)],
+)
+def test_bucket_of_is_open_below_closed_above(ratio, bucket):
+    assert bucket_of(ratio) == bucket
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_generator_lands_in_every_bucket(size):
+    generator = MaskGenerator(size, length=24, seed=1)
+    for index in range(24):
+        mask = generator[index]
+        assert mask.shape == (1, size, size) and mask.dtype == torch.float32
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert bucket_of(float(hole_ratio(mask[None]))) == index % len(BUCKETS)
+
+
+def test_generator_spreads_ratios_within_a_bucket():
+    generator = MaskGenerator(64, length=60, buckets=[2], seed=2)
+    ratios = [float(hole_ratio(generator[i][None])) for i in range(20)]
+    assert min(ratios) < 0.24 and max(ratios) > 0.26
+
+
+def test_generator_is_reproducible_and_seeded():
+    first = MaskGenerator(32, length=12, seed=5)
+    again = MaskGenerator(32, length=12, seed=5)
+    other = MaskGenerator(32, length=12, seed=6)
+    for index in range(12):
+        assert torch.equal(first[index], again[index])
+    assert torch.equal(first[7], first[7])  # items do not depend on the order they are drawn in
+    assert not all(torch.equal(first[i], other[i]) for i in range(12))
+    with pytest.raises(IndexError):
+        first[12]
+
+
+def test_border_constraint():
+    size = 64
+    margin = round(50 / 512 * size)
+    inside = MaskGenerator(size, length=12, border=True, seed=3)
+    for index in range(12):
+        holes = inside[index][0] == 0
+        assert not holes[:margin].any() and not holes[-margin:].any()
+        assert not holes[:, :margin].any() and not holes[:, -margin:].any()
+    free = MaskGenerator(size, length=12, border=False, seed=3)
+    touches = [bool((free[i][0, :margin] == 0).any() or (free[i][0, -margin:] == 0).any()) for i in range(12)]
+    assert any(touches)
+    # border=None alternates: the first round of buckets constrained, the second not.
+    mixed = MaskGenerator(size, length=12, border=None, seed=3)
+    assert torch.equal(mixed[0], inside[0]) and torch.equal(mixed[6], free[6])
+
+
+def test_unconditioned_masks_with_boxes():
+    generator = MaskGenerator(32, length=4, buckets=None, boxes=1, strokes=2, seed=0)
+    for index in range(4):
+        assert 0 < float(hole_ratio(generator[index][None])) < 1
+
+
+def test_irregular_holes_shape_and_errors():
+    mask = irregular_holes((2, 3, 16, 20), hole_ratio=(0.1, 0.2), generator=_gen(0))
+    assert mask.shape == (2, 3, 16, 20)
+    ratios = 1 - mask.mean((-2, -1))
+    assert ((ratios > 0.1) & (ratios <= 0.2)).all()
+    assert not torch.equal(mask[0, 0], mask[0, 1])
+    with pytest.raises(ValueError, match="not reachable"):
+        irregular_holes((8, 8), hole_ratio=(0.5, 0.6), margin=2)  # 16 of 64 pixels fit inside the margin
+    with pytest.raises(ValueError, match="margin"):
+        irregular_holes((8, 8), margin=4)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        irregular_holes((8,))
+
+
+def _write(path, pixels: torch.Tensor) -> None:
+    from PIL import Image
+
+    image = Image.fromarray(pixels.to(torch.uint8).numpy(), mode="L")
+    image.save(path)
+
+
+@pytest.fixture
+def mask_folder(tmp_path):
+    """Three 24x32 PNGs with white holes (the 0/255 convention is an option)."""
+    folder = tmp_path / "masks"
+    (folder / "sub").mkdir(parents=True)
+    holes = []
+    for i in range(3):
+        pixels = torch.zeros(24, 32)
+        pixels[4 + i : 12 + i, 8:20] = 255
+        pixels[0, 0] = 200  # a grey level near white: a hole
+        pixels[1, 0] = 60  # near black: valid
+        _write(folder / ("sub" if i == 2 else ".") / f"{i}.png", pixels)
+        holes.append(pixels >= 128)
+    (folder / "notes.txt").write_text("not a mask")
+    return folder, holes
+
+
+def test_mask_folder_hole_value(mask_folder):
+    folder, holes = mask_folder
+    white = MaskFolder(folder, hole_value=255)
+    assert len(white) == 3
+    for i in range(3):
+        assert torch.equal(white[i][0], (~holes[i]).float())
+    black = MaskFolder(folder, hole_value=0)
+    assert torch.equal(black[0][0], holes[0].float())
+    with pytest.raises(ValueError, match="hole_value"):
+        MaskFolder(folder, hole_value=1)
+
+
+def test_mask_folder_centre_crop_without_augmentation(mask_folder):
+    folder, holes = mask_folder
+    masks = MaskFolder(folder, size=16, hole_value=255, augment=False)
+    assert torch.equal(masks[0][0], (~holes[0][4:20, 8:24]).float())
+    # Smaller than the output: scaled up (nearest) to cover it first.
+    big = MaskFolder(folder, size=48, hole_value=255, augment=False)
+    assert big[0].shape == (1, 48, 48)
+
+
+def test_mask_folder_augmentation_is_reproducible(mask_folder):
+    folder, _ = mask_folder
+    masks = MaskFolder(folder, size=16, hole_value=255, seed=1)
+    first = [masks[i] for i in range(3)]
+    assert all(m.shape == (1, 16, 16) and set(m.unique().tolist()) <= {0.0, 1.0} for m in first)
+    again = MaskFolder(folder, size=16, hole_value=255, seed=1)
+    assert all(torch.equal(a, again[i]) for i, a in enumerate(first))
+    masks.set_epoch(1)
+    assert not all(torch.equal(a, masks[i]) for i, a in enumerate(first))
+
+
+def test_mask_folder_dilation_grows_holes(mask_folder):
+    folder, _ = mask_folder
+    # Same seed, so the same rotation, flip and crop; only the dilation differs.
+    thin = MaskFolder(folder, size=24, hole_value=255, max_dilation=0, seed=4)
+    fat = MaskFolder(folder, size=24, hole_value=255, max_dilation=3, seed=4)
+    grew = [float(hole_ratio(fat[i][None])) >= float(hole_ratio(thin[i][None])) for i in range(3)]
+    assert all(grew)
+
+
+def test_mask_folder_needs_images(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no mask images"):
+        MaskFolder(tmp_path)

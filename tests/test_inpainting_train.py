@@ -1,0 +1,247 @@
+"""Training: the command line (train, eval, fill), exact resume, the two phases, AMP, and
+DistributedDataParallel on two CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+pytest.importorskip("PIL")
+pytest.importorskip("pytorch_msssim")
+
+from torch_pconv.__main__ import main as torch_pconv_main
+from torch_pconv.inpainting import (
+    TrainConfig,
+    load_model,
+    read_image,
+    save_grid,
+    train,
+    write_image,
+)
+from torch_pconv.inpainting.train import CHECKPOINT
+
+TERMS = {"valid", "hole", "perceptual", "style_out", "style_comp", "tv", "total"}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four smooth 24x24 colour images (bilinear upsampling of random 3x3 ones) as PNGs."""
+    folder = tmp_path_factory.mktemp("images")
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.rand(4, 3, 3, 3, generator=g)
+    for i, image in enumerate(torch.nn.functional.interpolate(coarse, size=(24, 24), mode="bilinear")):
+        write_image(folder / f"{i}.png", image)
+    return folder
+
+
+def _config(images: Path, out: Path, **kwargs: object) -> TrainConfig:
+    settings: dict[str, object] = {
+        "images": str(images),
+        "out": str(out),
+        "size": 16,
+        "batch": 2,
+        "steps": 3,
+        "fine_tune_steps": 0,
+        "layers": 2,
+        "widths": (4, 8),
+        "vgg": None,
+        "samples_per_epoch": 6,
+        "log_every": 1,
+        "grid_every": 1000,
+        "checkpoint_every": 1000,
+        "progress": False,
+        "device": "cpu",
+        **kwargs,
+    }
+    return TrainConfig(**settings)  # type: ignore[arg-type]
+
+
+def _state(path: Path) -> dict[str, object]:
+    return torch.load(path / CHECKPOINT, weights_only=False)
+
+
+def test_cli_train_eval_fill(images, tmp_path, capsys):
+    run = tmp_path / "run"
+    common = ["--size", "16", "--layers", "2", "--widths", "4", "8", "--no-progress"]
+    argv = ["inpaint", "train", "--images", str(images), "--out", str(run), "--batch", "2", "--steps", "2"]
+    argv += ["--fine-tune-steps", "1", "--no-vgg", "--samples-per-epoch", "4", "--log-every", "1", "--grid-every", "2"]
+    assert torch_pconv_main(argv + common) == 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3]
+    assert [entry["phase"] for entry in log] == ["train", "train", "fine_tune"]
+    assert all(TERMS <= set(entry) for entry in log)
+    assert sorted(p.name for p in run.glob("grid_*.png")) == ["grid_0000002.png", "grid_0000003.png"]
+    grid = read_image(run / "grid_0000002.png")
+    assert grid.shape[-2] == 4 * 16 + 3 * 2  # masked input, output, composite, ground truth
+    state = _state(run)
+    assert state["step"] == 3 and state["fine_tune"]
+
+    out = tmp_path / "eval"
+    argv = ["inpaint", "eval", "--checkpoint", str(run / CHECKPOINT), "--images", str(images), "--size", "16"]
+    assert torch_pconv_main([*argv, "--crops", "1", "--baselines", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "PConvUNet" in printed and "diffusion" in printed and "mean colour" in printed
+    results = json.loads((out / "metrics.json").read_text())
+    assert set(results) == {"PConvUNet", "mean colour", "diffusion"}
+    assert results["PConvUNet"][-1] == {**results["PConvUNet"][-1], "bucket": "all", "images": 4 * 6}
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header == "method,bucket,images,l1,hole_l1,psnr,ssim"
+
+    # Fill an image whose sides are not multiples of 4, with a mask PNG whose white pixels are holes.
+    image = torch.rand(3, 21, 27, generator=torch.Generator().manual_seed(1))
+    write_image(tmp_path / "image.png", image)
+    holes = torch.zeros(1, 21, 27)
+    holes[:, 5:12, 8:20] = 1
+    write_image(tmp_path / "mask.png", holes)
+    argv = ["inpaint", "fill", "--checkpoint", str(run / CHECKPOINT), "--image", str(tmp_path / "image.png")]
+    argv += ["--mask", str(tmp_path / "mask.png"), "--hole-value", "255", "--out", str(tmp_path / "filled.png")]
+    assert torch_pconv_main(argv) == 0
+    filled, original = read_image(tmp_path / "filled.png"), read_image(tmp_path / "image.png")
+    valid = holes.expand(3, -1, -1) == 0
+    assert filled.shape == original.shape
+    assert torch.equal(filled[valid], original[valid])
+    assert not torch.equal(filled, original)
+
+
+def test_resume_is_exact(images, tmp_path):
+    # Straight through: 4 steps, then 2 of fine-tuning (3 steps an epoch: resumes fall mid-epoch).
+    straight = train(_config(images, tmp_path / "straight", steps=4, fine_tune_steps=2))
+    # Interrupted after 2 steps, then after the first phase, and resumed each time.
+    train(_config(images, tmp_path / "resumed", steps=2))
+    train(_config(images, tmp_path / "resumed", steps=4))
+    resumed = train(_config(images, tmp_path / "resumed", steps=4, fine_tune_steps=2))
+    assert straight["step"] == resumed["step"] == 6
+    a, b = _state(tmp_path / "straight"), _state(tmp_path / "resumed")
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    for key, value in a["optimizer"]["state"].items():
+        for field, tensor in value.items():
+            assert torch.equal(tensor, b["optimizer"]["state"][key][field]), (key, field)
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"] == 5e-5
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    straight_log = (tmp_path / "straight" / "log.jsonl").read_text().splitlines()
+    resumed_log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
+    assert straight_log == resumed_log  # the same losses, step for step
+    # --no-resume starts afresh.
+    again = train(_config(images, tmp_path / "resumed", steps=1, resume=False))
+    assert again["step"] == 1
+
+
+def test_fine_tuning_freezes_encoder_batch_norm(images, tmp_path):
+    train(_config(images, tmp_path, steps=2, widths=(4, 8), layers=2))
+    first = _state(tmp_path)["model"]
+    train(_config(images, tmp_path, steps=2, fine_tune_steps=2))
+    second = _state(tmp_path)
+    assert second["fine_tune"]
+    encoder_bn = [k for k in first if k.startswith("encoder.1.norm.")]
+    assert encoder_bn
+    for name in encoder_bn:  # weight, bias, running statistics: untouched
+        if not name.endswith("num_batches_tracked"):
+            assert torch.equal(first[name], second["model"][name]), name
+    assert not torch.equal(first["decoder.0.norm.weight"], second["model"]["decoder.0.norm.weight"])
+    assert not torch.equal(first["encoder.0.conv.weight"], second["model"]["encoder.0.conv.weight"])
+    model = load_model(tmp_path / CHECKPOINT)
+    assert model.fine_tune and not model.training
+
+
+def test_amp_on_cpu(images, tmp_path):
+    result = train(_config(images, tmp_path, steps=2, amp=True))
+    assert all(torch.isfinite(torch.tensor(result[name])) for name in TERMS)
+
+
+def test_progress_without_tqdm(images, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    train(_config(images, tmp_path, steps=2, progress=True))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["step 1", "step 2"]
+    assert all("hole" in line and "total" in line for line in lines)
+
+
+def test_sync_bn_needs_cuda(images, tmp_path):
+    with pytest.raises(ValueError, match="CUDA only"):
+        train(_config(images, tmp_path, sync_bn=True))
+
+
+def test_missing_vgg_weights(images, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"vgg16-397923af\.pth"):
+        train(_config(images, tmp_path, vgg=str(tmp_path / "vgg16-397923af.pth")))
+
+
+def test_too_few_samples_for_a_batch(images, tmp_path):
+    with pytest.raises(ValueError, match="samples-per-epoch"):
+        train(_config(images, tmp_path, samples_per_epoch=1))
+
+
+def test_save_grid_rows(tmp_path):
+    rows = [("first", torch.zeros(3, 3, 8, 8)), ("second", torch.ones(3, 3, 8, 8))]
+    save_grid(tmp_path / "grid.png", rows, gap=2, zoom=2)
+    grid = read_image(tmp_path / "grid.png")
+    assert grid.shape[-2] == 2 * 16 + 2
+    assert (grid[:, 18:, -16:] == 1).all() and (grid[:, :16, -16:] == 0).all()
+
+
+# DistributedDataParallel --------------------------------------------------------------------------
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ddp_config(images: str, out: Path, batch: int) -> TrainConfig:
+    # No BatchNorm: per-rank batch statistics differ from the global batch's by design.
+    return _config(Path(images), out, batch=batch, steps=2, batch_norm=False, samples_per_epoch=8, lr=0.05)
+
+
+def _sgd(monkeypatch_target: object) -> None:
+    """Adam's first steps are lr·sign(g), which turns rounding in near-zero gradients into whole
+    steps; plain SGD keeps the comparison of updates proportional to the gradients."""
+    torch.optim.Adam = torch.optim.SGD  # type: ignore[misc]  # this process only (a spawned worker)
+
+
+def _worker(rank: int, port: int, images: str, root: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
+    )
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    _sgd(None)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    try:
+        # Every rank is given its own folder: only rank 0 may create or write to it.
+        train(_ddp_config(images, Path(root) / f"rank{rank}", batch=2))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="no gloo")
+def test_ddp_two_processes_equal_one_over_the_global_batch(images, tmp_path, monkeypatch):
+    mp.spawn(_worker, args=(_free_port(), str(images), str(tmp_path)), nprocs=WORLD, join=True)
+    assert not (tmp_path / "rank1").exists()  # rank 1 wrote nothing
+    assert {p.name for p in (tmp_path / "rank0").iterdir()} >= {CHECKPOINT, "log.jsonl", "grid_0000002.png"}
+
+    monkeypatch.setattr(torch.optim, "Adam", torch.optim.SGD)
+    train(_ddp_config(str(images), tmp_path / "single", batch=4))
+    ddp, single = _state(tmp_path / "rank0"), _state(tmp_path / "single")
+    eps = torch.finfo(torch.float32).eps
+    for name, value in single["model"].items():
+        scale = value.abs().max().item()
+        torch.testing.assert_close(ddp["model"][name], value, rtol=0, atol=64 * eps * scale, msg=name)
+    # The logged losses are the mean over the ranks: the global batch's loss.
+    ddp_log = [json.loads(x) for x in (tmp_path / "rank0" / "log.jsonl").read_text().splitlines()]
+    single_log = [json.loads(x) for x in (tmp_path / "single" / "log.jsonl").read_text().splitlines()]
+    for a, b in zip(ddp_log, single_log, strict=True):
+        assert a["total"] == pytest.approx(b["total"], rel=1e-5)

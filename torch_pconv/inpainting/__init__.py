@@ -1,0 +1,61 @@
+"""The inpainting system of Liu et al., "Image Inpainting for Irregular Holes Using Partial
+Convolutions" (ECCV 2018), on top of :class:`torch_pconv.PConv2d`: the network, the loss, the
+masks, the metrics and the training loop. Needs the ``inpainting`` extra (Pillow and
+pytorch-msssim): ``pip install "torch_pconv[inpainting]"``.
+
+>>> from torch_pconv.inpainting import PConvUNet, InpaintingLoss, VGG16Features
+>>> model = PConvUNet(layers=7)                          # 256x256 images
+>>> loss = InpaintingLoss(VGG16Features("cache"))        # torchvision's ImageNet VGG-16
+>>> terms = loss(model(image * mask, mask), image, mask) # a dict; terms["total"] to backpropagate
+"""
+
+from ._deps import require
+
+# Fail at import, in one line, when the extra is missing, rather than deep inside a command.
+require("PIL")
+require("pytorch_msssim")
+
+from .baselines import diffusion_fill, mean_fill  # noqa: E402
+from .data import InpaintingDataset, list_images, read_image, read_mask, save_grid, write_image  # noqa: E402
+from .evaluate import evaluate, evaluation_set  # noqa: E402
+from .loss import InpaintingLoss, VGG16Features, gram_matrix, hole_border, total_variation  # noqa: E402
+from .masks import BUCKETS, MaskFolder, MaskGenerator, bucket_of, hole_ratio  # noqa: E402
+from .metrics import BucketMetrics, format_table, hole_l1, l1, psnr, ssim  # noqa: E402
+from .model import PConvUNet, inpaint  # noqa: E402
+from .train import TrainConfig, load_checkpoint, load_model, save_checkpoint, train  # noqa: E402
+
+__all__ = [
+    "BUCKETS",
+    "BucketMetrics",
+    "InpaintingDataset",
+    "InpaintingLoss",
+    "MaskFolder",
+    "MaskGenerator",
+    "PConvUNet",
+    "TrainConfig",
+    "VGG16Features",
+    "bucket_of",
+    "diffusion_fill",
+    "evaluate",
+    "evaluation_set",
+    "format_table",
+    "gram_matrix",
+    "hole_border",
+    "hole_l1",
+    "hole_ratio",
+    "inpaint",
+    "l1",
+    "list_images",
+    "load_checkpoint",
+    "load_model",
+    "mean_fill",
+    "psnr",
+    "read_image",
+    "read_mask",
+    "save_checkpoint",
+    "save_grid",
+    "ssim",
+    "total_variation",
+    "train",
+    "write_image",
+]

@@ -1,0 +1,168 @@
+"""``python -m torch_pconv inpaint train|eval|fill``: train (or fine-tune, or resume), evaluate
+per hole-ratio bucket, and fill one image of any size."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .data import list_images, read_image, read_mask, write_image
+from .evaluate import BASELINES, evaluate, evaluation_set
+from .masks import MaskFolder
+from .metrics import format_table
+from .model import inpaint
+from .train import TrainConfig, load_model, train
+
+__all__ = ["main"]
+
+
+def _train(args: argparse.Namespace) -> int:
+    weights = {
+        k: getattr(args, k) for k in ("valid", "hole", "perceptual", "style", "tv") if getattr(args, k) is not None
+    }
+    config = TrainConfig(
+        images=args.images,
+        out=args.out,
+        masks=args.masks,
+        hole_value=args.hole_value,
+        size=args.size,
+        batch=args.batch,
+        steps=args.steps,
+        fine_tune_steps=args.fine_tune_steps,
+        lr=args.lr,
+        fine_tune_lr=args.fine_tune_lr,
+        layers=args.layers,
+        widths=tuple(args.widths) if args.widths else None,
+        kernels=tuple(args.kernels) if args.kernels else None,
+        vgg=None if args.no_vgg else args.vgg,
+        weights=weights,
+        samples_per_epoch=args.samples_per_epoch,
+        cache_images=args.cache_images,
+        seed=args.seed,
+        workers=args.workers,
+        log_every=args.log_every,
+        grid_every=args.grid_every,
+        checkpoint_every=args.checkpoint_every,
+        resume=not args.no_resume,
+        amp=args.amp,
+        sync_bn=args.sync_bn,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    result = train(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"step {result['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "step"))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    model = load_model(args.checkpoint, args.device or "cpu") if args.checkpoint else None
+    masks = None
+    if args.masks:
+        folder = MaskFolder(args.masks, args.size, hole_value=args.hole_value, augment=False)
+        masks = [folder[i] for i in range(len(folder))]
+    images, hole_masks = evaluation_set(list_images(args.images), args.size, args.crops, masks, args.seed)
+    baselines = BASELINES if args.baselines else None
+    results = evaluate(model, images, hole_masks, baselines)
+    print(format_table(results))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    with (out / "metrics.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, ["method", "bucket", "images", "l1", "hole_l1", "psnr", "ssim"])
+        writer.writeheader()
+        for method, rows in results.items():
+            for row in rows:
+                writer.writerow({"method": method, **row})
+    print(f"wrote {out / 'metrics.csv'} and {out / 'metrics.json'}")
+    return 0
+
+
+def _fill(args: argparse.Namespace) -> int:
+    model = load_model(args.checkpoint, args.device or "cpu")
+    device = next(model.parameters()).device
+    image = read_image(args.image)[None].to(device)
+    mask = read_mask(args.mask, args.hole_value)[None].to(device)
+    if mask.shape[-2:] != image.shape[-2:]:
+        raise SystemExit(f"fill: the mask is {tuple(mask.shape[-2:])}, the image {tuple(image.shape[-2:])}")
+    with torch.no_grad():
+        filled = inpaint(model, image, mask)
+    write_image(args.out, filled[0])
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m torch_pconv inpaint", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    t = commands.add_parser("train", help="train a PConvUNet; resumes from OUT/checkpoint.pt if present")
+    t.add_argument("--images", required=True, help="folder of training images")
+    t.add_argument("--masks", help="folder of mask images (default: the irregular mask generator)")
+    t.add_argument("--out", default="inpainting-run", help="checkpoints, log.jsonl and grids (default: %(default)s)")
+    t.add_argument("--size", type=int, default=256, help="crop side (default: %(default)s)")
+    t.add_argument("--batch", type=int, default=6, help="batch per process (default: the paper's %(default)s)")
+    t.add_argument("--steps", type=int, default=800_000, help="first phase steps (default: %(default)s)")
+    t.add_argument("--fine-tune-steps", type=int, default=500_000, help="second phase steps (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=2e-4, help="first phase learning rate (default: %(default)s)")
+    t.add_argument("--fine-tune-lr", type=float, default=5e-5, help="fine-tuning learning rate (default: %(default)s)")
+    t.add_argument("--layers", type=int, default=7, help="encoder depth: 7 for 256 px, 8 for 512 (default: 7)")
+    t.add_argument("--widths", type=int, nargs="+", help="encoder widths (default: the paper's)")
+    t.add_argument("--kernels", type=int, nargs="+", help="encoder kernel sizes (default: the paper's)")
+    t.add_argument("--vgg", default="cache", help="VGG-16 weights file, or 'cache' for torch's checkpoint cache")
+    t.add_argument("--no-vgg", action="store_true", help="no perceptual and style terms (no VGG-16 needed)")
+    for name, default in (("valid", 1), ("hole", 6), ("perceptual", 0.05), ("style", 120), ("tv", 0.1)):
+        t.add_argument(f"--{name}", type=float, help=f"{name} loss weight (default: {default})")
+    t.add_argument("--samples-per-epoch", type=int, help="crops per epoch (default: one per image)")
+    t.add_argument("--cache-images", action="store_true", help="keep decoded images in memory")
+    t.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    t.add_argument("--log-every", type=int, default=50, help="steps between log lines (default: %(default)s)")
+    t.add_argument("--grid-every", type=int, default=1000, help="steps between PNG grids (default: %(default)s)")
+    t.add_argument(
+        "--checkpoint-every", type=int, default=5000, help="steps between checkpoints (default: %(default)s)"
+    )
+    t.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
+    t.add_argument("--amp", action="store_true", help="mixed precision (autocast; a GradScaler on CUDA)")
+    t.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA only)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(run=_train)
+
+    e = commands.add_parser("eval", help="metrics per hole-ratio bucket; prints them, writes CSV and JSON")
+    e.add_argument("--checkpoint", help="a training checkpoint (omit to score the baselines alone)")
+    e.add_argument("--images", required=True, help="folder of evaluation images")
+    e.add_argument("--masks", help="folder of mask images (default: generated, every bucket for every crop)")
+    e.add_argument("--size", type=int, default=256, help="crop side (default: %(default)s)")
+    e.add_argument("--crops", type=int, default=2, help="crops per image (default: %(default)s)")
+    e.add_argument("--baselines", action="store_true", help="also score mean-colour and diffusion fills")
+    e.add_argument("--out", default="inpainting-eval", help="folder for metrics.csv and metrics.json")
+    e.set_defaults(run=_eval)
+
+    f = commands.add_parser("fill", help="fill the holes of one image of any size")
+    f.add_argument("--checkpoint", required=True)
+    f.add_argument("--image", required=True)
+    f.add_argument("--mask", required=True, help="mask image, same size as the image")
+    f.add_argument("--out", required=True, help="output image file")
+    f.set_defaults(run=_fill)
+
+    for sub in (t, e, f):
+        sub.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+        sub.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+        sub.add_argument("--hole-value", type=int, default=0, choices=(0, 255), help="mask value of holes (default: 0)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

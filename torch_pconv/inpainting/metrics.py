@@ -1,0 +1,107 @@
+"""Image quality per hole-ratio bucket, as in the paper's Table 1: L1, PSNR and SSIM (the last
+from pytorch-msssim), plus the L1 over the holes alone. Images in [0, 1]."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._deps import require
+from .masks import BUCKETS, bucket_of, hole_ratio
+
+__all__ = ["METRICS", "BucketMetrics", "format_table", "hole_l1", "l1", "psnr", "ssim"]
+
+METRICS = ("l1", "hole_l1", "psnr", "ssim")
+
+
+def l1(output: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error of each image. Shape: ``(B, C, H, W)`` twice -> ``(B,)``."""
+    return (output - target).abs().flatten(1).mean(1)
+
+
+def hole_l1(output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean absolute error over each image's hole pixels (0 where there are none).
+
+    Shape: ``(B, C, H, W)`` twice and a ``(B, 1, H, W)`` mask -> ``(B,)``."""
+    holes = (1 - mask).expand_as(output)
+    return ((output - target).abs() * holes).flatten(1).sum(1) / holes.flatten(1).sum(1).clamp_min(1)
+
+
+def psnr(output: Tensor, target: Tensor) -> Tensor:
+    """Peak signal-to-noise ratio of each image, in dB, for a data range of 1 (inf if equal).
+
+    Shape: ``(B, C, H, W)`` twice -> ``(B,)``."""
+    mse = (output - target).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse)
+
+
+def ssim(output: Tensor, target: Tensor) -> Tensor:
+    """Structural similarity of each image (pytorch-msssim: 11-pixel Gaussian window of sigma
+    1.5, narrowed for images under 11 pixels), for a data range of 1.
+
+    Shape: ``(B, C, H, W)`` twice -> ``(B,)``."""
+    msssim = require("pytorch_msssim")
+    side = min(output.shape[-2:])
+    window = min(11, side if side % 2 else side - 1)
+    value: Tensor = msssim.ssim(
+        output.float().clamp(0, 1), target.float(), data_range=1.0, size_average=False, win_size=window
+    )
+    return value
+
+
+class BucketMetrics:
+    """Per-image metrics of composites, gathered per hole-ratio bucket of :data:`BUCKETS`.
+
+    ``update`` takes a batch; ``rows`` gives one row per bucket that saw images, and ``all``.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[int | None, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+
+    def update(self, output: Tensor, target: Tensor, mask: Tensor) -> None:
+        """Score ``output`` (B, C, H, W) against ``target`` under ``mask`` (B, 1, H, W)."""
+        output, target = output.float().clamp(0, 1), target.float()
+        scores = {"l1": l1(output, target), "hole_l1": hole_l1(output, target, mask), "psnr": psnr(output, target)}
+        scores["ssim"] = ssim(output, target)
+        for i, ratio in enumerate(hole_ratio(mask).tolist()):
+            for key in (bucket_of(ratio), "all"):
+                for name in METRICS:
+                    self.values[key][name].append(float(scores[name][i]))  # type: ignore[index]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """``{"bucket", "images", "l1", "hole_l1", "psnr", "ssim"}`` per bucket, then for all images."""
+        keys: list[Any] = [*range(len(BUCKETS)), None, "all"]
+        rows = []
+        for key in keys:
+            if key not in self.values:
+                continue
+            values = self.values[key]
+            name = key if isinstance(key, str) else "other" if key is None else "({}, {}]".format(*BUCKETS[key])
+            row: dict[str, Any] = {"bucket": name, "images": len(values["l1"])}
+            row.update({metric: _mean(values[metric]) for metric in METRICS})
+            rows.append(row)
+        return rows
+
+
+def format_table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """A plain-text table of ``{method: rows}``: one line per bucket and method."""
+    lines = [f"{'bucket':<12} {'method':<16} {'images':>6} {'L1':>8} {'hole L1':>8} {'PSNR':>7} {'SSIM':>7}"]
+    buckets = list(dict.fromkeys(row["bucket"] for rows in results.values() for row in rows))
+    for bucket in buckets:
+        for method, rows in results.items():
+            for row in rows:
+                if row["bucket"] == bucket:
+                    lines.append(
+                        f"{bucket:<12} {method:<16} {row['images']:>6} {row['l1']:>8.4f} {row['hole_l1']:>8.4f}"
+                        f" {row['psnr']:>7.2f} {row['ssim']:>7.4f}"
+                    )
+    return "\n".join(lines)
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]  # a perfect PSNR is inf: leave it out of the mean
+    return sum(finite) / len(finite) if finite else math.inf
