@@ -7,6 +7,7 @@ the layer must still compute what the reference computes.
 from __future__ import annotations
 
 import types
+import warnings
 
 import pytest
 import torch
@@ -119,7 +120,7 @@ def test_bit_views_batch_falls_back_to_where(monkeypatch: pytest.MonkeyPatch) ->
     # torch 2.1's vmap cannot batch Tensor.view(dtype): the masking then selects with torch.where.
     from torch_pconv.masks import mask_input
 
-    assert quirks.bit_views_batch() is True  # this torch
+    assert isinstance(quirks.bit_views_batch(), bool)  # False on torch 2.1, True on 2.13
     x = torch.randn(2, 3, 5, 5)
     x[:, :, 0] = float("nan")
     mask = (torch.rand(2, 1, 5, 5) > 0.5).float()
@@ -129,3 +130,13 @@ def test_bit_views_batch_falls_back_to_where(monkeypatch: pytest.MonkeyPatch) ->
     assert quirks.bit_views_batch() is False
     assert torch.equal(mask_input(x, mask), expected)
     assert torch.isfinite(expected).all()
+
+
+def test_cuda_grad_scaler_falls_back_to_torch_cuda_amp(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch 2.1 and 2.2 have no torch.amp.GradScaler.
+    assert not quirks.cuda_grad_scaler(enabled=False).is_enabled()
+    monkeypatch.delattr(torch.amp, "GradScaler", raising=False)
+    with warnings.catch_warnings():  # newer torch deprecates torch.cuda.amp.GradScaler
+        warnings.simplefilter("ignore", FutureWarning)
+        scaler = quirks.cuda_grad_scaler(enabled=False)
+    assert not scaler.is_enabled()

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..quirks import cuda_grad_scaler
 from .data import InpaintingDataset, list_images, save_grid
 from .loss import InpaintingLoss, VGG16Features
 from .masks import MaskFolder, MaskGenerator, seeded
@@ -150,7 +151,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
     loss_fn = _build_loss(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    scaler = cuda_grad_scaler(enabled=config.amp and device.type == "cuda")
     step = 0
     if config.resume and (out / CHECKPOINT).is_file():
         step = load_checkpoint(out / CHECKPOINT, model, optimizer, scaler)
