@@ -11,7 +11,7 @@ pixels under each window are counted by one small convolution with a ones kernel
 wider, so the counts are exact integers whatever the input's dtype. From the count ``c`` and the
 window size ``w`` (``multiplicity * prod(kernel)``):
 
-    ratio  = w / (max(c, 0) + 1e-8) * clamp(c, 0, 1)   (0 where c = 0, never inf or NaN)
+    ratio  = w / (c + 1e-8) * clamp(c, 0, 1)   where c > 0, else 0 (a select, so never inf or NaN)
     update = clamp(c, 0, 1)
 
 which is NVIDIA's arithmetic, operation for operation, at NVIDIA's scale for each layout.
@@ -291,10 +291,9 @@ def ratio_and_update(count: Tensor, window: int) -> tuple[Tensor, Tensor]:
     channels the window spans), so that the division rounds exactly as the reference's does.
     """
     update = count.clamp(0, 1)
-    # NVIDIA's window / (count + eps) * update, on the count clamped at 0 first: a window with no
-    # valid entry gets window / eps (finite) times an update of 0, exactly 0, and a negative count
-    # (from negative mask values) never divides by a number near 0.
-    ratio = window / (count.clamp(min=0) + EPS) * update
+    # A select, not NVIDIA's window / eps * 0: ONNX exporters fold the + eps away (the graph holds
+    # Reciprocal(count)), which gives inf * 0 = NaN where a window holds no valid entry.
+    ratio = torch.where(count > 0, window / (count + EPS) * update, 0.0)
     return ratio, update
 
 
