@@ -1,7 +1,9 @@
 """The one home of the helpers the test files share; they import them (pytest puts this folder on
 sys.path). conftest.py only configures pytest.
 
-- :func:`seeded`: a seeded CPU generator, the source of every random tensor in the tests.
+- :func:`seeded`: a seeded CPU generator, the source of every random tensor in the tests;
+  :func:`image`, :func:`holes` and :func:`randomize` draw an input, a mask and a layer's
+  parameters from it.
 - :class:`MaskCase` and :func:`random_mask`: a mask layout (:class:`torch_pconv.masks.MaskLayout`,
   the one home of the layout table) plus the test-only variants on top of it, and a random mask
   in it.
@@ -42,9 +44,12 @@ __all__ = [
     "ThreeLayerNet",
     "cached_tensors",
     "describe",
+    "holes",
+    "image",
     "make_pair",
     "mask_cases",
     "random_mask",
+    "randomize",
     "run_compare",
     "seeded",
     "tensors_in",
@@ -57,6 +62,25 @@ _REFERENCE = {2: reference.PartialConv2d, 3: reference.PartialConv3d}
 def seeded(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``."""
     return torch.Generator().manual_seed(seed)
+
+
+def image(shape: Sequence[int], seed: int = 0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard normal values, drawn in float64 and cast to ``dtype`` (any dtype, integers too)."""
+    return torch.randn(tuple(shape), generator=seeded(seed), dtype=torch.float64).to(dtype)
+
+
+def holes(shape: Sequence[int], seed: int = 1, dtype: torch.dtype = torch.float32, fraction: float = 0.4) -> Tensor:
+    """A 0/1 mask with about ``fraction`` of random holes."""
+    return random_holes(tuple(shape), fraction, generator=seeded(seed)).to(dtype)
+
+
+def randomize(module: nn.Module, seed: int = 2) -> nn.Module:
+    """``module`` with standard normal parameters (a non-zero bias, so that its handling shows)."""
+    gen = seeded(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype))
+    return module
 
 
 # --- Mask layouts --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pickle
 
 import pytest
 import torch
-from helpers import cached_tensors, make_pair, random_mask, run_compare, seeded, tensors_in
+from helpers import cached_tensors, image, make_pair, random_mask, randomize, run_compare, seeded, tensors_in
 from torch import Tensor, nn
 
 from torch_pconv import PConv2d
@@ -30,15 +30,7 @@ def _layer(multi_channel: bool = False, bias: bool = True, legacy: bool = False,
     layer = PConv2d(
         IN, OUT, 3, padding=2, dilation=(1, 2), bias=bias, multi_channel=multi_channel, legacy_behaviour=legacy
     )
-    gen = seeded(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen))
-    return layer
-
-
-def _image(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, seed: int = 1) -> Tensor:
-    return torch.randn(shape, generator=seeded(seed), dtype=torch.float64).to(dtype)
+    return randomize(layer, seed)
 
 
 def _fresh_reference(layer: PConv2d, dtype: torch.dtype) -> nvidia.PartialConv2d:
@@ -97,7 +89,7 @@ def test_changing_sizes(legacy, multi_channel):
     layer = _layer(multi_channel=multi_channel, legacy=legacy)
     # Sizes come back after others, batches change at a fixed size (NVIDIA keys on the batch too).
     for batch, h, w in [(2, 6, 7), (2, 9, 5), (1, 6, 7), (3, 6, 7), (2, 9, 5), (1, 4, 4), (2, 6, 7)]:
-        x = _image((batch, IN, h, w), seed=h * w + batch)
+        x = image((batch, IN, h, w), seed=h * w + batch)
         out, mask = layer(x)
         _assert_matches(layer, out, mask, x)
 
@@ -108,7 +100,7 @@ def test_changing_dtypes(legacy):
     for dtype in [torch.float32, torch.float64, torch.float32, torch.float64]:
         layer.to(dtype)
         for size in [(5, 6), (8, 8)]:
-            x = _image((2, IN, *size), dtype)
+            x = image((2, IN, *size), dtype=dtype)
             out, mask = layer(x)
             assert mask.dtype == dtype
             _assert_matches(layer, out, mask, x)
@@ -120,7 +112,7 @@ def test_grad_modes_then_a_training_step(bias, multi_channel):
     # Inference tensors cannot be saved for backward: a ratio cached under inference_mode must not
     # reach a training call (the no-bias path saves the ratio itself, the bias path the update).
     layer = _layer(multi_channel=multi_channel, bias=bias).double()
-    x = _image((2, IN, 7, 6), torch.float64)
+    x = image((2, IN, 7, 6), dtype=torch.float64)
     # inference_mode first: a cache keyed without the mode would hand its tensors to every later call.
     for context in (torch.inference_mode, torch.no_grad, torch.inference_mode):
         with context():
@@ -136,7 +128,7 @@ def test_grad_modes_then_a_training_step(bias, multi_channel):
 
 def test_training_step_first_then_inference():
     layer = _layer().double()
-    x = _image((2, IN, 6, 6), torch.float64)
+    x = image((2, IN, 6, 6), dtype=torch.float64)
     _grads(layer, x)
     with torch.inference_mode():
         out, mask = layer(x)
@@ -146,7 +138,7 @@ def test_training_step_first_then_inference():
 
 def test_masked_calls_do_not_touch_the_cache():
     layer = _layer()
-    x = _image((2, IN, 6, 6))
+    x = image((2, IN, 6, 6))
     layer(x)
     before = [t.clone() for t in cached_tensors(layer)]
     mask = (torch.rand(2, 1, 6, 6, generator=seeded(3)) > 0.5).float()
@@ -185,12 +177,12 @@ def test_cache_is_bounded_and_stays_correct_after_eviction():
     layer = _layer(legacy=True)
     sizes = [(4 + i % 5, 4 + i // 5) for i in range(3 * _CACHE_SIZE)]
     for size in sizes:
-        x = _image((1, IN, *size))
+        x = image((1, IN, *size))
         out, mask = layer(x)
         assert len(layer._ratio_cache) <= _CACHE_SIZE
     assert len(layer._ratio_cache) == _CACHE_SIZE  # the bound is reached, not exceeded
     for size in sizes[:3]:  # evicted long ago
-        x = _image((1, IN, *size))
+        x = image((1, IN, *size))
         out, mask = layer(x)
         _assert_matches(layer, out, mask, x)
 
@@ -202,7 +194,7 @@ def test_cache_is_bounded_and_stays_correct_after_eviction():
 @pytest.mark.parametrize("legacy", [False, True])
 def test_returned_mask_never_aliases_the_cache(dtype, legacy):
     layer = _layer(legacy=legacy).to(dtype)
-    x = _image((2, IN, 6, 6), dtype)
+    x = image((2, IN, 6, 6), dtype=dtype)
     out, mask = layer(x)
     expected_out, expected_mask = out.clone(), mask.clone()
     cached = {t.untyped_storage().data_ptr() for t in cached_tensors(layer)}
@@ -218,7 +210,7 @@ def test_returned_mask_never_aliases_the_cache(dtype, legacy):
 
 def test_multi_channel_returned_mask_without_a_mask_is_read_only():
     layer = _layer(multi_channel=True)
-    x = _image((2, IN, 6, 6))
+    x = image((2, IN, 6, 6))
     out, mask = layer(x)
     assert mask.shape == out.shape
     expected = mask.clone()
@@ -232,7 +224,7 @@ def test_multi_channel_returned_mask_without_a_mask_is_read_only():
 
 def _warm(layer: PConv2d, dtype: torch.dtype = torch.float32) -> None:
     for size in [(5, 6), (6, 6)]:
-        layer(_image((2, IN, *size), dtype))
+        layer(image((2, IN, *size), dtype=dtype))
     assert len(layer._ratio_cache) == 2
 
 
@@ -265,18 +257,18 @@ def _check_copy(original: PConv2d, clone: PConv2d) -> None:
     assert clone._ratio_cache is not original._ratio_cache
     assert cached_tensors(clone) == []  # no tensors carried over (so none shared); rebuilt on first use
     for size in [(5, 6), (7, 5)]:
-        x = _image((2, IN, *size))
+        x = image((2, IN, *size))
         out, mask = clone(x)
         _assert_matches(clone, out, mask, x)
         assert torch.equal(out, original(x)[0])
     # Independent afterwards: the copy's calls, with new weights and at a new size, stay out of
     # the original's cache and leave its results alone.
-    x = _image((2, IN, 5, 6))
+    x = image((2, IN, 5, 6))
     expected = original(x)[0]
     kept = _storage(original)
     with torch.no_grad():
         clone.weight.mul_(2)
-    other = _image((2, IN, 9, 11))
+    other = image((2, IN, 9, 11))
     assert torch.equal(clone(other)[0], _fresh(clone)(other)[0])
     assert _storage(original) == kept
     out, mask = original(x)
@@ -319,7 +311,7 @@ def test_to_another_dtype_drops_the_cache(multi_channel):
     layer.to(torch.float64)
     assert layer._ratio_cache == {}
     for size in [(5, 6), (6, 6)]:
-        x = _image((2, IN, *size), torch.float64)
+        x = image((2, IN, *size), dtype=torch.float64)
         out, mask = layer(x)
         _assert_matches(layer, out, mask, x)
         # What a layer that never held float32 tensors computes, bit for bit.
@@ -353,7 +345,7 @@ def test_replicas_share_a_correct_cache(bias, monkeypatch):
     assert all(r.weight.grad_fn is not None for r in replicas)
     # Interleaved calls, a new size first seen by a replica, then by the module and the other one.
     for module, size in [(replicas[0], (5, 6)), (replicas[1], (9, 4)), (layer, (9, 4)), (replicas[0], (9, 4))]:
-        x = _image((2, IN, *size))
+        x = image((2, IN, *size))
         out, mask = module(x)
         _assert_matches(layer, out, mask, x)
     assert len(layer._ratio_cache) <= _CACHE_SIZE
@@ -363,13 +355,13 @@ def test_replicas_share_a_correct_cache(bias, monkeypatch):
     assert cached
     assert all(not t.requires_grad and t.grad_fn is None for t in cached)
     del replicas
-    x = _image((2, IN, 9, 4))
+    x = image((2, IN, 9, 4))
     out, mask = layer(x)
     _assert_matches(layer, out, mask, x)
     # Training through two replicas, at two sizes (one cached, one not), reaches the module's
     # parameters, as under DataParallel: the gradients of the sum of both losses.
     layer.double()
-    inputs = [_image((2, IN, 9, 4), torch.float64), _image((2, IN, 7, 8), torch.float64, seed=2)]
+    inputs = [image((2, IN, 9, 4), dtype=torch.float64), image((2, IN, 7, 8), seed=2, dtype=torch.float64)]
     expected = [_reference_grads(layer, x) for x in inputs]
     layer.zero_grad(set_to_none=True)
     inputs = [x.detach().requires_grad_() for x in inputs]
@@ -384,7 +376,7 @@ def test_replicas_share_a_correct_cache(bias, monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nn.parallel.replicate needs a CUDA device")
 def test_replicate_on_cuda():
     layer = _layer().cuda()
-    x = _image((2, IN, 6, 7)).cuda()
+    x = image((2, IN, 6, 7)).cuda()
     expected = layer(x)
     (replica,) = nn.parallel.replicate(layer, devices=[0])
     for module in (replica, layer):
@@ -397,7 +389,7 @@ def test_replicate_on_cuda():
 
 def test_no_batch_sized_tensors_are_kept_on_the_module():
     batch = 7
-    x = _image((batch, IN, 5, 6))
+    x = image((batch, IN, 5, 6))
     mask = (torch.rand(batch, 1, 5, 6, generator=seeded(4)) > 0.3).float()
 
     # The scan finds what the reference keeps: its update mask of the last masked call.
@@ -438,7 +430,7 @@ def test_fake_tensor_mode_leaves_the_cache_alone():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     layer = _layer()
-    x = _image((2, IN, 6, 7))
+    x = image((2, IN, 6, 7))
     expected_out, expected_mask = layer(x)
     layer._ratio_cache.clear()
     with FakeTensorMode(allow_non_fake_inputs=True):
@@ -462,7 +454,7 @@ def test_tensor_subclass_inputs_are_not_cached():
         pass
 
     layer = _layer()
-    x = _image((2, IN, 6, 7))
+    x = image((2, IN, 6, 7))
     expected_out, _ = layer(x)
     layer._ratio_cache.clear()
     out, _ = layer(x.as_subclass(Tagged))
