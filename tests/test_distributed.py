@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import seeded
 from torch import Tensor, nn
 
 from torch_pconv import PConv2d
@@ -46,7 +47,7 @@ def _net() -> Net:
 
 def _global_batch() -> tuple[Tensor, Tensor, Tensor]:
     """Images, (B, 1, H, W) masks with a hole wider than the kernel, and targets."""
-    g = torch.Generator().manual_seed(1)
+    g = seeded(1)
     x = torch.randn(GLOBAL_BATCH, 3, 12, 12, generator=g)
     mask = (torch.rand(GLOBAL_BATCH, 1, 12, 12, generator=g) >= 0.3).float()
     mask[:, :, 2:8, 3:9] = 0

@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from helpers import seeded
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "inpainting"
 MODULES = ("data", "model", "train")  # the example's modules, imported by their plain names as the script does
@@ -53,7 +54,7 @@ def read_png(path: Path) -> torch.Tensor:
 def test_tiny_model_learns_to_fill_holes(example):
     torch.manual_seed(0)
     model = example.PConvUNet(widths=(16, 32, 32), kernels=(5, 3, 3))
-    image, mask = example.sample(8, 32, torch.Generator().manual_seed(123))  # a fixed test batch
+    image, mask = example.sample(8, 32, seeded(123))  # a fixed test batch
     assert 0 < (1 - mask).mean() < 0.5
     _, valid_before, hole_before = example.evaluate(model, image, mask)
     history = example.train(model, steps=40, size=32, batch=8, seed=0, lr=3e-3, show_progress=False)
@@ -67,7 +68,7 @@ def test_tiny_model_learns_to_fill_holes(example):
 
 def test_holes_shrink_through_the_encoder(example):
     model = example.PConvUNet(widths=(4, 4, 4), kernels=(5, 3, 3))
-    image, mask = example.sample(2, 32, torch.Generator().manual_seed(1))
+    image, mask = example.sample(2, 32, seeded(1))
     x, m = image, mask.expand_as(image)
     holes = [float((m == 0).float().mean())]
     for block in model.encoder:
@@ -90,7 +91,7 @@ def test_script_writes_the_grid(example, tmp_path):
 
 
 def test_grid_shows_holes_in_white(example):
-    image, mask = example.sample(2, 32, torch.Generator().manual_seed(2))
+    image, mask = example.sample(2, 32, seeded(2))
     pixels = example.grid(image, mask, image, zoom=1)
     top = pixels[:32, :32]  # the first masked input
     assert (top[mask[0, 0] == 0] == 255).all()

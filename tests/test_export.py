@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 import torch
-from helpers import ThreeLayerNet, cached_tensors
+from helpers import ThreeLayerNet, cached_tensors, seeded
 from torch import Tensor, nn
 
 from torch_pconv import PConv2d
@@ -42,7 +42,7 @@ def _net() -> ThreeLayerNet:
 def _inputs(batch: int = 2, height: int = 16, width: int = 16, seed: int = 0) -> tuple[Tensor, Tensor]:
     """An image and a (B, 1, H, W) mask: random holes plus a box wide enough that every layer of
     ``Net`` (the third at half resolution) has windows of holes only."""
-    g = torch.Generator().manual_seed(seed)
+    g = seeded(seed)
     x = torch.randn(batch, 3, height, width, generator=g)
     mask = (torch.rand(batch, 1, height, width, generator=g) >= 0.3).float()
     mask[:, :, 2:13, 2 + seed : 14 + seed] = 0

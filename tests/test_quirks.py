@@ -10,6 +10,7 @@ import types
 
 import pytest
 import torch
+from helpers import seeded
 from torch import nn
 
 from torch_pconv import PConv2d, quirks
@@ -27,7 +28,7 @@ def _pair() -> tuple[PConv2d, nvidia.PartialConv2d]:
 
 def _agree(ours: nn.Module, ref: nn.Module, masked: bool = True) -> None:
     """Forward and input/weight gradients of ``ours`` equal the reference's in float64."""
-    g = torch.Generator().manual_seed(1)
+    g = seeded(1)
     x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
     mask = (torch.rand(2, 1, 8, 8, generator=g) > 0.4).double() if masked else None
     results = []
