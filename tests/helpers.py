@@ -2,8 +2,8 @@
 sys.path). conftest.py only configures pytest.
 
 - :func:`seeded`: a seeded CPU generator, the source of every random tensor in the tests;
-  :func:`image`, :func:`holes` and :func:`randomize` draw an input, a mask and a layer's
-  parameters from it.
+  :func:`image`, :func:`holes` (:func:`holes_and_a_box`) and :func:`randomize` draw an
+  input, a mask and a layer's parameters from it.
 - :class:`MaskCase` and :func:`random_mask`: a mask layout (:class:`torch_pconv.masks.MaskLayout`,
   the one home of the layout table) plus the test-only variants on top of it, and a random mask
   in it.
@@ -45,6 +45,7 @@ __all__ = [
     "cached_tensors",
     "describe",
     "holes",
+    "holes_and_a_box",
     "image",
     "make_pair",
     "mask_cases",
@@ -72,6 +73,14 @@ def image(shape: Sequence[int], seed: int = 0, dtype: torch.dtype = torch.float3
 def holes(shape: Sequence[int], seed: int = 1, dtype: torch.dtype = torch.float32, fraction: float = 0.4) -> Tensor:
     """A 0/1 mask with about ``fraction`` of random holes."""
     return random_holes(tuple(shape), fraction, generator=seeded(seed)).to(dtype)
+
+
+def holes_and_a_box(shape: Sequence[int], seed: int = 0) -> Tensor:
+    """30 % random holes plus a 4x5 box of them in the last two dimensions, wider than a 3x3
+    kernel, so that some windows count 0."""
+    mask = holes(shape, seed, fraction=0.3)
+    mask[..., 1:5, 2:7] = 0
+    return mask
 
 
 def randomize(module: nn.Module, seed: int = 2) -> nn.Module:

@@ -33,21 +33,15 @@ def _layer(multi_channel: bool = False, bias: bool = True, legacy: bool = False,
     return randomize(layer, seed)
 
 
+def _conv_args(layer: PConv2d) -> tuple:
+    """``layer``'s nn.Conv2d arguments, in order."""
+    names = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
+    return (*(getattr(layer, name) for name in names), layer.bias is not None, layer.padding_mode)
+
+
 def _fresh_reference(layer: PConv2d, dtype: torch.dtype) -> nvidia.PartialConv2d:
     """A new NVIDIA layer with ``layer``'s configuration and weights: its cache cannot be stale."""
-    ref = nvidia.PartialConv2d(
-        layer.in_channels,
-        layer.out_channels,
-        layer.kernel_size,
-        layer.stride,
-        layer.padding,
-        layer.dilation,
-        layer.groups,
-        layer.bias is not None,
-        layer.padding_mode,
-        multi_channel=layer.multi_channel,
-        return_mask=True,
-    )
+    ref = nvidia.PartialConv2d(*_conv_args(layer), multi_channel=layer.multi_channel, return_mask=True)
     ref.load_state_dict(layer.state_dict())
     return ref.to(dtype)
 
@@ -231,15 +225,7 @@ def _warm(layer: PConv2d, dtype: torch.dtype = torch.float32) -> None:
 def _fresh(layer: PConv2d) -> PConv2d:
     """A new layer of ours with ``layer``'s configuration and parameters: nothing cached."""
     fresh = PConv2d(
-        IN,
-        OUT,
-        layer.kernel_size,
-        layer.stride,
-        layer.padding,
-        layer.dilation,
-        layer.groups,
-        layer.bias is not None,
-        layer.padding_mode,
+        *_conv_args(layer),
         dtype=layer.weight.dtype,
         multi_channel=layer.multi_channel,
         legacy_behaviour=layer.legacy_behaviour,

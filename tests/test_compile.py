@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from helpers import LAYERS, MaskCase, ThreeLayerNet, seeded
+from helpers import LAYERS, MaskCase, ThreeLayerNet, holes_and_a_box, seeded
 from torch import Tensor, nn
 
 from torch_pconv import PartialConv2d, PConv2d
@@ -79,13 +79,6 @@ def _assert_matches(compiled: dict[str, Tensor], eager: dict[str, Tensor]) -> No
         torch.testing.assert_close(actual, expected, rtol=4 * EPS, atol=4 * EPS * scale, msg=name)
 
 
-def _image_mask(shape: tuple[int, ...], seed: int = 0) -> Tensor:
-    """Random holes plus one wider than the kernel, so some windows count 0."""
-    mask = (torch.rand(shape, generator=seeded(seed)) >= 0.3).float()
-    mask[..., 1:5, 2:7] = 0
-    return mask
-
-
 def _has_cxx_compiler() -> bool:
     return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 
@@ -112,7 +105,7 @@ def test_inductor_matches_eager_with_mask_and_without() -> None:
     compiling test programs; it caches the result in its cache directory.)"""
     torch.manual_seed(0)
     model = _WithMaskAndWithout()
-    x, mask = torch.randn(2, 3, 9, 10), _image_mask((2, 1, 9, 10))
+    x, mask = torch.randn(2, 3, 9, 10), holes_and_a_box((2, 1, 9, 10))
     # One compile worker: a pool of them only contends for the cores with pytest's workers.
     inductor_config = importlib.import_module("torch._inductor.config")
     with inductor_config.patch(compile_threads=1):
@@ -144,7 +137,7 @@ def test_aot_eager_fullgraph_matches_eager(dims: int, case: MaskCase, variant: s
     layer = cls(3, 4, 3, padding=1, stride=stride, bias=bias, multi_channel=case.ours_multi)
     x = torch.randn((2, 3, *SPATIAL[dims]))
     shape = case.shape(2, 3, SPATIAL[dims])
-    mask = None if shape is None else _image_mask(shape)
+    mask = None if shape is None else holes_and_a_box(shape)
     if variant == "bool":
         mask = mask > 0
     _assert_matches(_run(_compile(layer, "aot_eager"), layer, x, mask), _run(layer, layer, x, mask))
@@ -165,7 +158,7 @@ def test_mask_none_with_dynamic_shapes_ignores_the_eager_cache() -> None:
 def test_network_has_no_graph_break() -> None:
     torch.manual_seed(0)
     net = ThreeLayerNet()
-    x, mask = torch.randn(2, 3, 12, 12), _image_mask((2, 1, 12, 12))
+    x, mask = torch.randn(2, 3, 12, 12), holes_and_a_box((2, 1, 12, 12))
     explanation = torch._dynamo.explain(net)(x, mask)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
@@ -177,6 +170,6 @@ def test_integer_mask_compiles_without_a_graph_break() -> None:
     """The 0/1 check of an integer mask is data-dependent: compiled graphs skip it."""
     torch.manual_seed(0)
     layer = PConv2d(3, 4, 3, padding=1)
-    x, mask = torch.randn(2, 3, 10, 10), _image_mask((2, 1, 10, 10)).to(torch.uint8)
+    x, mask = torch.randn(2, 3, 10, 10), holes_and_a_box((2, 1, 10, 10)).to(torch.uint8)
     eager = _run(layer, layer, x, mask)
     _assert_matches(_run(_compile(layer, "aot_eager"), layer, x, mask), eager)

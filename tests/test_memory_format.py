@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from helpers import LAYERS, MaskCase, mask_cases, seeded
+from helpers import LAYERS, MaskCase, holes_and_a_box, mask_cases, seeded
 from torch import Tensor, nn
 
 from torch_pconv.masks import MaskLayout
@@ -35,13 +35,6 @@ CASES += [(2, MaskCase(L.MULTI), "channels-last-mask"), (2, MaskCase(L.MULTI), "
 CASES += [(3, MaskCase(layout), "") for layout in (L.NONE, L.SINGLE, L.MULTI)]
 
 
-def _holes(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
-    """Random holes plus one wider than the kernel, so some windows count 0."""
-    mask = (torch.rand(shape, generator=gen) >= 0.3).float()
-    mask[..., 1:5, 2:7] = 0
-    return mask
-
-
 @pytest.mark.parametrize(
     ("dims", "case", "variant"), CASES, ids=["-".join(filter(None, (f"{d}d", c.name, v))) for d, c, v in CASES]
 )
@@ -51,7 +44,7 @@ def test_channels_last_in_channels_last_out(dims: int, case: MaskCase, variant: 
     layer = LAYERS[dims](3, 5 if groups == 1 else 6, 3, padding=1, groups=groups, multi_channel=case.ours_multi)
     fmt = MEMORY_FORMAT[dims]
     shape = case.shape(2, 3, SPATIAL[dims])
-    mask = None if shape is None else _holes(shape, seeded(2))
+    mask = None if shape is None else holes_and_a_box(shape, seed=2)
     if variant == "channels-last-mask":
         mask = mask.to(memory_format=fmt)
     elif variant == "groups-bool":

@@ -119,16 +119,22 @@ def test_pconv2d_returns_a_multi_channel_mask_as_an_expanded_view():
     assert own.view(-1).shape == (2 * 4 * 9 * 9,)
 
 
-@pytest.mark.parametrize("cls", [PConv2d, PartialConv2d])
-def test_a_returned_multi_channel_mask_fed_back_is_counted_as_one_channel(cls, monkeypatch):
-    from torch_pconv import pconv
-
+def _chain(cls: type) -> tuple:
+    """Two multi-channel layers of ``cls``, the second (legacy_behaviour: NVIDIA's float32
+    arithmetic, bit for bit) twinned with NVIDIA's, and the first's output and returned mask."""
     first = cls(3, 4, 3, padding=1, multi_channel=True, return_mask=True)
     second = cls(4, 5, 3, padding=1, multi_channel=True, return_mask=True, legacy_behaviour=True)
     ref = nvidia.PartialConv2d(4, 5, 3, padding=1, multi_channel=True, return_mask=True)
     ref.load_state_dict(second.state_dict())
-    x, mask = _multi_inputs()
-    hidden, update = first(x, mask)
+    hidden, update = first(*_multi_inputs())
+    return second, ref, hidden, update
+
+
+@pytest.mark.parametrize("cls", [PConv2d, PartialConv2d])
+def test_a_returned_multi_channel_mask_fed_back_is_counted_as_one_channel(cls, monkeypatch):
+    from torch_pconv import pconv
+
+    second, ref, hidden, update = _chain(cls)
     layouts = []
     valid_map = pconv.valid_map
     monkeypatch.setattr(pconv, "valid_map", lambda m, layout, *a: layouts.append(layout) or valid_map(m, layout, *a))
@@ -140,12 +146,7 @@ def test_a_returned_multi_channel_mask_fed_back_is_counted_as_one_channel(cls, m
 
 def test_an_edited_returned_mask_is_counted_as_edited():
     # After an in-place edit the channels differ: the layer must see the edit, not the tag.
-    first = PartialConv2d(3, 4, 3, padding=1, multi_channel=True, return_mask=True)
-    second = PartialConv2d(4, 5, 3, padding=1, multi_channel=True, return_mask=True, legacy_behaviour=True)
-    ref = nvidia.PartialConv2d(4, 5, 3, padding=1, multi_channel=True, return_mask=True)
-    ref.load_state_dict(second.state_dict())
-    x, mask = _multi_inputs()
-    hidden, update = first(x, mask)
+    second, ref, hidden, update = _chain(PartialConv2d)
     update[:, 1:3, 2:7, 2:7] = 0
     out, new_update = second(hidden, update)
     expected, expected_update = ref(hidden, update)
