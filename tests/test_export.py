@@ -1,4 +1,5 @@
-"""Export: torch.export with a mask input, ONNX run by onnxruntime, and TorchScript (tracing).
+"""Export: torch.export with a mask input, ONNX run by onnxruntime, and TorchScript by tracing
+(torch.jit.script refuses, pointing to tracing).
 
 The masks have holes wider than the kernel, so some windows count 0: where NVIDIA's arithmetic
 relies on ``+ 1e-8``, which ONNX exporters drop (the graph holds Reciprocal(count)), giving NaN.
