@@ -329,11 +329,14 @@ def test_replicas_share_a_correct_cache(bias, monkeypatch):
     replicas = _replicas(layer, 2, monkeypatch)
     assert all(r._ratio_cache is layer._ratio_cache for r in replicas)
     assert all(r.weight.grad_fn is not None for r in replicas)
-    # Interleaved calls, a new size first seen by a replica, then by the module and the other one.
+    # Interleaved calls, a new size first seen by a replica, then by the module and the other one:
+    # the reference's results, and bit for bit those of a layer that was never replicated.
+    fresh = _fresh(layer)
     for module, size in [(replicas[0], (5, 6)), (replicas[1], (9, 4)), (layer, (9, 4)), (replicas[0], (9, 4))]:
         x = image((2, IN, *size))
         out, mask = module(x)
         _assert_matches(layer, out, mask, x)
+        assert torch.equal(out, fresh(x)[0])
     assert len(layer._ratio_cache) <= _CACHE_SIZE
     # What the replicas cached went into the shared cache, and is a constant: no autograd graph
     # (which would keep the replicas' parameters, and their graphs, alive) and no parameter.
@@ -344,11 +347,13 @@ def test_replicas_share_a_correct_cache(bias, monkeypatch):
     x = image((2, IN, 9, 4))
     out, mask = layer(x)
     _assert_matches(layer, out, mask, x)
-    # Training through two replicas, at two sizes (one cached, one not), reaches the module's
-    # parameters, as under DataParallel: the gradients of the sum of both losses.
+    assert torch.equal(out, fresh(x)[0])
+    # Training through two replicas, at two sizes (one cached by the module, one not), reaches the
+    # module's parameters, as under DataParallel: the gradients of the sum of both losses.
     layer.double()
     inputs = [image((2, IN, 9, 4), dtype=torch.float64), image((2, IN, 7, 8), seed=2, dtype=torch.float64)]
     expected = [_reference_grads(layer, x) for x in inputs]
+    layer(inputs[0])
     layer.zero_grad(set_to_none=True)
     inputs = [x.detach().requires_grad_() for x in inputs]
     replicas = _replicas(layer, 2, monkeypatch)
