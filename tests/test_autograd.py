@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_mask, seeded
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -13,7 +14,7 @@ from torch_pconv import PConv2d
 from torch_pconv import pconv as pconv_module
 from torch_pconv import reference as ref_module
 from torch_pconv.function import Geometry, PartialConvFunction, partial_conv
-from torch_pconv.holes import random_holes
+from torch_pconv.masks import MaskLayout
 
 # torch.func and checkpointing call the deprecated torch.jit.script internally.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -21,13 +22,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated
 TOL = {"rtol": 1e-12, "atol": 1e-12}
 
 
-def _case(seed: int = 0, requires_grad: bool = True, layout: str = "single"):
+def _case(seed: int = 0, requires_grad: bool = True, layout: MaskLayout = MaskLayout.SINGLE):
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    layer = PConv2d(3, 4, 3, padding=1, multi_channel=layout == "multi", dtype=torch.float64)
+    gen = seeded(seed)
+    layer = PConv2d(3, 4, 3, padding=1, multi_channel=layout is MaskLayout.MULTI, dtype=torch.float64)
     x = torch.randn((2, 3, 8, 8), generator=gen, dtype=torch.float64).requires_grad_(requires_grad)
-    shape = {"single": (2, 1, 8, 8), "multi": (2, 3, 8, 8), "shared": (2, 8, 8)}[layout]
-    mask = random_holes(shape, 0.4, gen).double()
+    mask = random_mask(layout, 2, 3, (8, 8), gen, dtype=torch.float64)
     return layer, x, mask
 
 
@@ -67,13 +67,15 @@ def test_the_layer_runs_through_the_function():
     assert type(out.grad_fn).__name__ == "PartialConvFunctionBackward"
 
 
-@pytest.mark.parametrize("layout", ["single", "multi", "shared"])
+@pytest.mark.parametrize(
+    "layout", [MaskLayout.SINGLE, MaskLayout.MULTI, MaskLayout.SHARED], ids=lambda layout: layout.value
+)
 def test_saves_the_input_and_small_tensors_never_the_masked_input(layout):
     layer, x, mask = _case(layout=layout)
     saved = _saved(layer, x, mask)
     big = [t for t in saved if t.numel() >= x.numel()]
-    assert [t.data_ptr() for t in big] == [x.data_ptr()] or layout == "multi"
-    if layout == "multi":  # the caller's own (B, C_in, H, W) mask is saved, not a copy of it
+    assert [t.data_ptr() for t in big] == [x.data_ptr()] or layout is MaskLayout.MULTI
+    if layout is MaskLayout.MULTI:  # the caller's own (B, C_in, H, W) mask is saved, not a copy of it
         assert sorted(t.data_ptr() for t in big) == sorted([x.data_ptr(), mask.data_ptr()])
     small = [t for t in saved if t.numel() < x.numel()]
     assert len(saved) == 5 and all(t.shape[1] == 1 or t is not None for t in small)
@@ -109,7 +111,9 @@ def test_editing_the_returned_mask_changes_no_gradient():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("layout", ["single", "multi", "shared"])
+@pytest.mark.parametrize(
+    "layout", [MaskLayout.SINGLE, MaskLayout.MULTI, MaskLayout.SHARED], ids=lambda layout: layout.value
+)
 @pytest.mark.parametrize("masked", [True, False])
 def test_the_function_and_the_composite_agree(layout, masked, monkeypatch):
     """Two forwards: the Function (eager training) and the plain ops (compilers, tracers)."""
@@ -123,7 +127,7 @@ def test_the_function_and_the_composite_agree(layout, masked, monkeypatch):
 
 
 def test_the_function_alone_matches_autograd_of_the_composite():
-    gen = torch.Generator().manual_seed(5)
+    gen = seeded(5)
     x = torch.randn(2, 3, 7, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -194,7 +198,7 @@ def _functional(module, mask):
     return f
 
 
-@pytest.mark.parametrize("layout", ["single", "multi"])
+@pytest.mark.parametrize("layout", [MaskLayout.SINGLE, MaskLayout.MULTI], ids=lambda layout: layout.value)
 def test_torch_func_grad_matches_the_reference(layout):
     layer, x, mask = _case(layout=layout)
     ref = _reference(layer)
@@ -240,7 +244,7 @@ def test_forward_mode_ad_matches_the_reference(tangents):
 
     layer, x, mask = _case()
     ref = _reference(layer)
-    gen = torch.Generator().manual_seed(9)
+    gen = seeded(9)
     dx = torch.randn(x.shape, generator=gen, dtype=x.dtype)
     dw = torch.randn(layer.weight.shape, generator=gen, dtype=x.dtype)
     results = []
@@ -277,7 +281,7 @@ def test_a_gradient_penalty_matches_the_reference():
 # --- Autocast -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["single", "multi"])
+@pytest.mark.parametrize("layout", [MaskLayout.SINGLE, MaskLayout.MULTI], ids=lambda layout: layout.value)
 def test_under_autocast_the_function_behaves_as_the_composite(layout, monkeypatch):
     layer, x, mask = _case(layout=layout)
     layer = layer.float()

@@ -11,18 +11,15 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import seeded
 from torch import Tensor, nn
 
 import torch_pconv
 from torch_pconv import reference
+from torch_pconv.check import relative_error
 from torch_pconv.convert import convert
 
 RTOL = 1e-12  # float64: the two differ by the rounding of a few operations per layer
-
-
-def rel_diff(out: Tensor, ref: Tensor) -> float:
-    out, ref = out.detach(), ref.detach()
-    return float((out - ref).abs().max() / ref.abs().max())
 
 
 # A ResNet-style classifier, its convolutions made by a factory so that the same code builds the
@@ -96,7 +93,7 @@ def twin_of(model: TinyResNet) -> TinyResNet:
 
 
 def images(batch: int = 2, size: int = 37, dtype: torch.dtype = torch.float64, seed: int = 1) -> Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return torch.randn(batch, 3, size, size, generator=seeded(seed), dtype=dtype)
 
 
 def same_state(a: nn.Module, b: nn.Module) -> bool:
@@ -116,9 +113,9 @@ def test_converted_resnet_matches_reference_twin(training, size):
     twin = twin_of(model)
     out, ref = converted(x), twin(x)
     assert out.dtype == torch.float64
-    assert rel_diff(out, ref) <= RTOL
+    assert relative_error(out, ref) <= RTOL
     # The conversion changes the function: the border is rescaled, not zero-padded.
-    assert rel_diff(model(x), ref) > 1e-3
+    assert relative_error(model(x), ref) > 1e-3
 
 
 def test_convert_replaces_exactly_the_padded_convs():
@@ -193,7 +190,7 @@ def test_state_dicts_round_trip():
     fresh.load_state_dict(converted.state_dict())  # and back
     assert same_state(fresh, plain)
     x = images()
-    assert rel_diff(converted(x), twin_of(plain)(x)) <= RTOL
+    assert relative_error(converted(x), twin_of(plain)(x)) <= RTOL
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
@@ -215,7 +212,7 @@ def test_device_is_kept(device):
     assert {b.device.type for b in converted.buffers()} == {device}
     if device == "cuda":
         x = images()
-        assert rel_diff(converted(x.cuda()).cpu(), twin_of(resnet())(x)) <= RTOL
+        assert relative_error(converted(x.cuda()).cpu(), twin_of(resnet())(x)) <= RTOL
 
 
 def test_training_mode_is_kept_per_module():
@@ -271,7 +268,7 @@ def test_any_nonzero_padding_is_converted(padding):
     ref = reference.PartialConv2d(3, 4, (3, 5), padding=padding, dtype=torch.float64)
     ref.load_state_dict(conv.state_dict())
     x = images(size=11)
-    assert rel_diff(converted(x), ref(x)) <= RTOL
+    assert relative_error(converted(x), ref(x)) <= RTOL
 
 
 def test_grouped_dilated_strided_conv_with_bias():
@@ -282,7 +279,7 @@ def test_grouped_dilated_strided_conv_with_bias():
     ref = reference.PartialConv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2, dtype=torch.float64)
     ref.load_state_dict(conv.state_dict())
     x = torch.randn(2, 4, 13, 12, dtype=torch.float64)
-    assert rel_diff(converted(x), ref(x)) <= RTOL
+    assert relative_error(converted(x), ref(x)) <= RTOL
 
 
 def test_conv1d_is_converted():
@@ -296,7 +293,7 @@ def test_conv1d_is_converted():
     ref.bias.data.copy_(model[0].bias)
     x = torch.randn(2, 3, 17, dtype=torch.float64)
     expected = model[1](ref(x.unsqueeze(2)).squeeze(2))
-    assert rel_diff(converted(x), expected) <= RTOL
+    assert relative_error(converted(x), expected) <= RTOL
 
 
 def test_conv3d_is_converted():
@@ -307,7 +304,7 @@ def test_conv3d_is_converted():
     ref = reference.PartialConv3d(2, 3, 3, padding=1, dtype=torch.float64)
     ref.load_state_dict(conv.state_dict())
     x = torch.randn(2, 2, 5, 6, 7, dtype=torch.float64)
-    assert rel_diff(converted(x), ref(x)) <= RTOL
+    assert relative_error(converted(x), ref(x)) <= RTOL
 
 
 def test_shared_conv_stays_shared():

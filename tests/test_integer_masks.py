@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import ThreeLayerNet
+from helpers import ThreeLayerNet, seeded
 from torch import Tensor
 
 from torch_pconv import PConv2d
+from torch_pconv.masks import MaskLayout
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -22,7 +23,7 @@ pytestmark = [
 
 
 def _inputs() -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(0)
+    g = seeded(0)
     x = torch.randn(2, 3, 12, 12, generator=g)
     valid = torch.rand(2, 1, 12, 12, generator=g) >= 0.4
     valid[:, :, 2:9, 3:10] = False  # windows of holes only, at every layer
@@ -43,14 +44,16 @@ INTEGER_MASKS = [(torch.uint8, 255), (torch.int32, 255), (torch.int64, -1), (tor
 
 
 @pytest.mark.parametrize(("dtype", "value"), INTEGER_MASKS)
-@pytest.mark.parametrize("layout", ["single", "shared", "multi"])
-def test_eager_nonzero_is_valid(dtype: torch.dtype, value: int, layout: str) -> None:
+@pytest.mark.parametrize(
+    "layout", [MaskLayout.SINGLE, MaskLayout.SHARED, MaskLayout.MULTI], ids=lambda layout: layout.value
+)
+def test_eager_nonzero_is_valid(dtype: torch.dtype, value: int, layout: MaskLayout) -> None:
     torch.manual_seed(0)
-    layer = PConv2d(3, 4, 3, padding=1, multi_channel=layout == "multi")
+    layer = PConv2d(3, 4, 3, padding=1, multi_channel=layout is MaskLayout.MULTI)
     x, valid = _inputs()
-    if layout == "shared":
+    if layout is MaskLayout.SHARED:
         valid = valid[:, 0]
-    elif layout == "multi":
+    elif layout is MaskLayout.MULTI:
         valid = valid.expand(-1, 3, -1, -1).clone()
         valid[:, 1, :4] = False  # channels differ
     expected, expected_update = layer(x, valid.float())

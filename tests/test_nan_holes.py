@@ -8,25 +8,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import LAYERS, MaskCase, random_mask, seeded
 
-from torch_pconv import PConv1d, PConv2d, PConv3d
+from torch_pconv import PConv2d
 from torch_pconv import reference as ref_module
 from torch_pconv.holes import random_holes
+from torch_pconv.masks import MaskLayout
 
-LAYERS = {1: PConv1d, 2: PConv2d, 3: PConv3d}
 SPATIAL = {1: (13,), 2: (9, 10), 3: (5, 6, 7)}
-# name -> (leading mask dims given batch B and channels C, multi_channel)
-LAYOUTS = {
-    "shared": (lambda b, c: (b,), False),
-    "single": (lambda b, c: (b, 1), False),
-    "broadcast": (lambda b, c: (1, 1), False),
-    "multi": (lambda b, c: (b, c), True),
-}
+CASES = [MaskCase(MaskLayout.SHARED), MaskCase(MaskLayout.SINGLE)]
+CASES += [MaskCase(MaskLayout.SINGLE, broadcast=True), MaskCase(MaskLayout.MULTI)]
 
 
-def _poison(x: torch.Tensor, mask: torch.Tensor, value: float) -> torch.Tensor:
-    """``x`` with ``value`` wherever the mask (broadcast to x) has a hole."""
-    hole = (mask.unsqueeze(1) if mask.dim() == x.dim() - 1 else mask).expand_as(x) == 0
+def _poison(x: torch.Tensor, mask: torch.Tensor, value: float, layout: MaskLayout = MaskLayout.SINGLE) -> torch.Tensor:
+    """``x`` with ``value`` wherever the mask (in ``layout``, broadcast to x) has a hole."""
+    hole = layout.to_reference(mask, x.shape[1]).expand_as(x) == 0
     return x.masked_fill(hole, value)
 
 
@@ -39,20 +35,19 @@ def _run(layer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor):
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 @pytest.mark.parametrize("mask_dtype", [torch.float32, torch.bool, torch.uint8])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("legacy", [False, True])
-def test_non_finite_holes_give_what_zeros_give(dims, layout, mask_dtype, value, legacy):
+def test_non_finite_holes_give_what_zeros_give(dims, case, mask_dtype, value, legacy):
     torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(1)
+    gen = seeded(1)
     batch, channels = 2, 3
-    leading, multi = LAYOUTS[layout]
-    layer = LAYERS[dims](channels, 4, 3, padding=1, multi_channel=multi, legacy_behaviour=legacy)
+    layer = LAYERS[dims](channels, 4, 3, padding=1, multi_channel=case.ours_multi, legacy_behaviour=legacy)
     x = torch.randn((batch, channels, *SPATIAL[dims]), generator=gen)
-    mask = random_holes((*leading(batch, channels), *SPATIAL[dims]), 0.4, gen)
-    zeros = _run(layer, _poison(x, mask, 0.0), mask.to(mask_dtype))
-    poisoned = _run(layer, _poison(x, mask, value), mask.to(mask_dtype))
+    mask = random_mask(case, batch, channels, SPATIAL[dims], gen)
+    zeros = _run(layer, _poison(x, mask, 0.0, case.layout), mask.to(mask_dtype))
+    poisoned = _run(layer, _poison(x, mask, value, case.layout), mask.to(mask_dtype))
     for name, a, b in zip(["output", "mask", "grad_input", "grad_weight", "grad_bias"], poisoned, zeros, strict=True):
         assert torch.isfinite(a).all(), f"{name} is not finite"
         assert torch.equal(a, b), f"{name} differs from the zero-filled input"
@@ -61,7 +56,7 @@ def test_non_finite_holes_give_what_zeros_give(dims, layout, mask_dtype, value, 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_other_dtypes_and_fractional_masks(dtype):
     torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(2)
+    gen = seeded(2)
     layer = PConv2d(3, 4, 3, padding=1, dtype=dtype)
     x = torch.randn((2, 3, 8, 8), generator=gen).to(dtype)
     mask = random_holes((2, 1, 8, 8), 0.5, gen) * torch.rand((2, 1, 8, 8), generator=gen)  # 0 or in (0, 1)
@@ -74,7 +69,7 @@ def test_other_dtypes_and_fractional_masks(dtype):
 
 def test_the_reference_leaks_and_ours_does_not():
     torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(3)
+    gen = seeded(3)
     ref = ref_module.PartialConv2d(3, 4, 3, padding=1, return_mask=True)
     ours = PConv2d(3, 4, 3, padding=1)
     ours.load_state_dict(ref.state_dict())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import seeded
 from torch import Tensor
 
 import torch_pconv.pconv
@@ -102,7 +103,7 @@ class Setting:
 def _wide_hole() -> Setting:
     """512 channels, half the entries holes, and a 5x6 hole through every channel: wider than the
     kernel, so the windows inside it count 0; the others count around 2300, above 2048."""
-    g = torch.Generator().manual_seed(1)
+    g = seeded(1)
     mask = (torch.rand(2, WIDE, SIZE, SIZE, generator=g) >= 0.5).float()
     mask[:, :, 1:6, 2:8] = 0
     return Setting(WIDE, True, mask)
@@ -110,13 +111,13 @@ def _wide_hole() -> Setting:
 
 def _wide_sparse() -> Setting:
     """512 channels, 0.2% of the entries valid: small counts (0, 1, 2, ...), ratios up to 4608."""
-    g = torch.Generator().manual_seed(2)
+    g = seeded(2)
     return Setting(WIDE, True, (torch.rand(2, WIDE, SIZE, SIZE, generator=g) < 0.002).float())
 
 
 def _single_sparse() -> Setting:
     """NVIDIA's single-channel mask, 70% holes: counts 0 to 9 in a 3x3 window."""
-    g = torch.Generator().manual_seed(3)
+    g = seeded(3)
     return Setting(8, False, (torch.rand(2, 1, SIZE, SIZE, generator=g) >= 0.7).float())
 
 
@@ -129,7 +130,7 @@ def setting(request: pytest.FixtureRequest) -> Setting:
 
 
 def _input(setting: Setting, precision: Precision) -> Tensor:
-    g = torch.Generator().manual_seed(4)
+    g = seeded(4)
     x = torch.randn(2, setting.in_channels, SIZE, SIZE, generator=g)
     return x.to(precision.layer_dtype).to(precision.device)
 
@@ -262,7 +263,7 @@ def test_float16_windows_above_65504_stay_finite() -> None:
     except RuntimeError:
         pytest.skip(f"torch {torch.__version__} has no float16 convolution on the CPU (2.1 had none)")
     torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
+    gen = seeded(0)
     layer = PConv2d(1040, 2, 8, bias=True, multi_channel=True, dtype=torch.float64)
     x = torch.randn((1, 1040, 8, 8), generator=gen, dtype=torch.float64)
     mask = torch.zeros(1, 1040, 8, 8, dtype=torch.float64)

@@ -11,24 +11,16 @@ import warnings
 
 import pytest
 import torch
+from helpers import make_pair, seeded
 from torch import nn
 
 from torch_pconv import PConv2d, quirks
-from torch_pconv import reference as nvidia
 from torch_pconv.bench import LiveBytes
-
-
-def _pair() -> tuple[PConv2d, nvidia.PartialConv2d]:
-    torch.manual_seed(0)
-    ref = nvidia.PartialConv2d(3, 4, 3, padding=1, return_mask=True).double()
-    ours = PConv2d(3, 4, 3, padding=1, dtype=torch.float64)
-    ours.load_state_dict(ref.state_dict())
-    return ours, ref
 
 
 def _agree(ours: nn.Module, ref: nn.Module, masked: bool = True) -> None:
     """Forward and input/weight gradients of ``ours`` equal the reference's in float64."""
-    g = torch.Generator().manual_seed(1)
+    g = seeded(1)
     x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
     mask = (torch.rand(2, 1, 8, 8, generator=g) > 0.4).double() if masked else None
     results = []
@@ -90,7 +82,7 @@ def test_dispatch_mode_active_fails_safe(monkeypatch: pytest.MonkeyPatch) -> Non
     assert quirks.dispatch_mode_active() is False
     monkeypatch.delattr(torch._C, "_len_torch_dispatch_stack")
     assert quirks.dispatch_mode_active() is True
-    ours, ref = _pair()
+    ours, ref = make_pair(2, {"in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1}, dtype=torch.float64)
     _agree(ours, ref, masked=False)
     assert ours._ratio_cache == {}  # never cached where it cannot tell
 
