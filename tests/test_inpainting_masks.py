@@ -68,6 +68,37 @@ def test_border_constraint():
     assert torch.equal(mixed[0], inside[0]) and torch.equal(mixed[6], free[6])
 
 
+def test_generator_pool_is_flips_and_transposes_of_its_masks():
+    size, pool = 32, 6
+    drawn = MaskGenerator(size, length=pool, seed=4)
+    pooled = MaskGenerator(size, length=8 * pool, seed=4, pool=pool)
+    for base in range(pool):
+        mask = drawn[base]
+        assert torch.equal(pooled[base], mask)  # the first round is the masks as drawn
+        symmetries = [mask, mask.flip(-1), mask.flip(-2), mask.flip(-1).flip(-2)]
+        symmetries += [m.transpose(-1, -2) for m in symmetries]
+        items = [pooled[base + turn * pool] for turn in range(8)]
+        for item, expected in zip(items, symmetries, strict=True):
+            assert torch.equal(item, expected)
+            assert item.dtype == torch.float32
+            assert bucket_of(float(hole_ratio(item[None]))) == base % len(BUCKETS)
+        assert len({tuple(item.flatten().tolist()) for item in items}) == 8  # stroke masks have no symmetry
+    assert len(pooled._drawn) == pool  # each mask drawn once
+
+
+def test_generator_pool_keeps_the_border_and_non_square_shapes():
+    margin = round(50 / 512 * 32)
+    pooled = MaskGenerator((32, 48), length=32, border=True, seed=2, pool=4)
+    for index in range(32):
+        mask = pooled[index]
+        assert mask.shape == (1, 32, 48)
+        holes = mask[0] == 0
+        assert not holes[:margin].any() and not holes[-margin:].any()
+        assert not holes[:, :margin].any() and not holes[:, -margin:].any()
+    with pytest.raises(ValueError, match="pool must be a positive"):
+        MaskGenerator(32, pool=0)
+
+
 def test_unconditioned_masks_with_boxes():
     generator = MaskGenerator(32, length=4, buckets=None, boxes=1, strokes=2, seed=0)
     for index in range(4):

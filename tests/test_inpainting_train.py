@@ -3,12 +3,16 @@ DistributedDataParallel on two CPU processes (gloo)."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
+import math
 import os
 import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +25,7 @@ pytest.importorskip("pytorch_msssim")
 from torch_pconv.__main__ import main as torch_pconv_main
 from torch_pconv.inpainting import (
     TrainConfig,
+    learning_rate,
     load_model,
     read_image,
     save_grid,
@@ -28,6 +33,9 @@ from torch_pconv.inpainting import (
     write_image,
 )
 from torch_pconv.inpainting.train import CHECKPOINT
+
+# The module, not the function of the same name that the package exports.
+train_module = importlib.import_module("torch_pconv.inpainting.train")
 
 TERMS = {"valid", "hole", "perceptual", "style_out", "style_comp", "tv", "total"}
 
@@ -74,6 +82,7 @@ def test_cli_train_eval_fill(images, tmp_path, capsys):
     common = ["--size", "16", "--layers", "2", "--widths", "4", "8", "--no-progress"]
     argv = ["inpaint", "train", "--images", str(images), "--out", str(run), "--batch", "2", "--steps", "2"]
     argv += ["--fine-tune-steps", "1", "--no-vgg", "--samples-per-epoch", "4", "--log-every", "1", "--grid-every", "2"]
+    argv += ["--schedule", "cosine", "--warmup-steps", "1", "--mask-pool", "3"]
     assert torch_pconv_main(argv + common) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3]
@@ -84,6 +93,11 @@ def test_cli_train_eval_fill(images, tmp_path, capsys):
     assert grid.shape[-2] == 4 * 16 + 3 * 2  # masked input, output, composite, ground truth
     state = _state(run)
     assert state["step"] == 3 and state["fine_tune"]
+    assert {k: state["config"][k] for k in ("schedule", "warmup_steps", "mask_pool")} == {
+        "schedule": "cosine",
+        "warmup_steps": 1,
+        "mask_pool": 3,
+    }
 
     out = tmp_path / "eval"
     argv = ["inpaint", "eval", "--checkpoint", str(run / CHECKPOINT), "--images", str(images), "--size", "16"]
@@ -112,13 +126,35 @@ def test_cli_train_eval_fill(images, tmp_path, capsys):
     assert not torch.equal(filled, original)
 
 
-def test_resume_is_exact(images, tmp_path):
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"schedule": "cosine", "warmup_steps": 2, "mask_pool": 4}],
+    ids=["paper", "cosine-pool"],
+)
+def test_resume_is_exact(images, tmp_path, monkeypatch, settings):
     # Straight through: 4 steps, then 2 of fine-tuning (3 steps an epoch: resumes fall mid-epoch).
-    straight = train(_config(images, tmp_path / "straight", steps=4, fine_tune_steps=2))
-    # Interrupted after 2 steps, then after the first phase, and resumed each time.
-    train(_config(images, tmp_path / "resumed", steps=2))
-    train(_config(images, tmp_path / "resumed", steps=4))
-    resumed = train(_config(images, tmp_path / "resumed", steps=4, fine_tune_steps=2))
+    settings = {"steps": 4, "fine_tune_steps": 2, "checkpoint_every": 2, **settings}
+    straight = train(_config(images, tmp_path / "straight", **settings))
+    # Killed during step 4 (after step 3 was logged, but with the checkpoint of step 2), then
+    # during step 5 (after the first phase's checkpoint), and resumed each time.
+    calls = {"n": 0}
+    step = train_module._step
+
+    def killed_at(stops: set[int]) -> Any:
+        def wrapped(*args: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] in stops:
+                raise KeyboardInterrupt
+            return step(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(train_module, "_step", killed_at({4, 7}))
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            train(_config(images, tmp_path / "resumed", **settings))
+    assert _state(tmp_path / "resumed")["step"] == 4
+    resumed = train(_config(images, tmp_path / "resumed", **settings))
     assert straight["step"] == resumed["step"] == 6
     a, b = _state(tmp_path / "straight"), _state(tmp_path / "resumed")
     for name, value in a["model"].items():
@@ -130,10 +166,26 @@ def test_resume_is_exact(images, tmp_path):
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     straight_log = (tmp_path / "straight" / "log.jsonl").read_text().splitlines()
     resumed_log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
-    assert straight_log == resumed_log  # the same losses, step for step
-    # --no-resume starts afresh.
+    assert straight_log == resumed_log  # the same losses, step for step, step 3 logged once
+    # --no-resume starts afresh, and so does its log.
     again = train(_config(images, tmp_path / "resumed", steps=1, resume=False))
     assert again["step"] == 1
+    assert [json.loads(line)["step"] for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()] == [1]
+
+
+def test_learning_rate_schedules():
+    paper = TrainConfig(images="x", steps=100, fine_tune_steps=10, lr=2e-4, fine_tune_lr=5e-5)
+    assert [learning_rate(paper, s) for s in (0, 50, 99, 100, 109)] == [2e-4] * 3 + [5e-5] * 2
+    cosine = dataclasses.replace(paper, schedule="cosine", warmup_steps=10)
+    assert learning_rate(cosine, 0) == pytest.approx(2e-4 * 0.1 * 0.5 * (1 + math.cos(0.0)))
+    assert learning_rate(cosine, 9) == pytest.approx(2e-4 * 0.5 * (1 + math.cos(math.pi * 9 / 100)))
+    assert learning_rate(cosine, 50) == pytest.approx(1e-4)  # half way down
+    assert 0 < learning_rate(cosine, 99) < 1e-7
+    assert learning_rate(cosine, 100) == 5e-5  # fine-tuning keeps its own rate
+    rates = [learning_rate(cosine, s) for s in range(10, 100)]
+    assert rates == sorted(rates, reverse=True)
+    with pytest.raises(ValueError, match="schedule must be one of constant, cosine"):
+        TrainConfig(images="x", schedule="linear")
 
 
 def test_fine_tuning_freezes_encoder_batch_norm(images, tmp_path):

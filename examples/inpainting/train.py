@@ -58,9 +58,11 @@ def photographs(names: tuple[str, ...], side: int) -> list[torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=2000, help="first phase steps (default: %(default)s)")
-    parser.add_argument("--fine-tune-steps", type=int, default=200, help="fine-tuning steps (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="first phase learning rate (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=7500, help="first phase steps (default: %(default)s)")
+    parser.add_argument("--fine-tune-steps", type=int, default=400, help="fine-tuning steps (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="first phase peak learning rate (default: %(default)s)")
+    parser.add_argument("--warmup-steps", type=int, default=100, help="warm-up of the cosine schedule")
+    parser.add_argument("--mask-pool", type=int, default=3000, help="distinct generated masks (default: %(default)s)")
     parser.add_argument("--size", type=int, default=64, help="crop side (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=16, help="batch (default: %(default)s)")
     parser.add_argument("--layers", type=int, default=5, help="encoder depth (default: %(default)s)")
@@ -68,11 +70,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--side", type=int, default=256, help="photographs scaled to this shorter side")
     parser.add_argument("--crops", type=int, default=8, help="evaluation crops per photograph (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    # One compute thread and one DataLoader worker keep two cores busy without oversubscribing them.
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers (default: %(default)s)")
+    # With the masks drawn once (the pool) and the photographs in memory, loading a batch costs
+    # little next to the step: both cores compute, and no worker process competes with them.
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=HERE / "out", help="output folder")
     parser.add_argument("--figure", type=Path, help="also write the figure here (e.g. doc/inpainting.png)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in OUT (default: start afresh)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -89,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         steps=args.steps,
         fine_tune_steps=args.fine_tune_steps,
         lr=args.lr,
+        schedule="cosine",
+        warmup_steps=args.warmup_steps,
+        mask_pool=args.mask_pool,
         layers=args.layers,
         widths=tuple(args.widths),
         kernels=None,
@@ -99,7 +106,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         seed=args.seed,
         log_every=50,
         grid_every=args.steps + args.fine_tune_steps,
-        checkpoint_every=250,
+        checkpoint_every=1000,
+        # A fresh run unless asked: a checkpoint left in OUT by a run with other settings must
+        # not stand in for this one.
+        resume=args.resume,
         progress=not args.no_progress,
     )
     start = time.perf_counter()

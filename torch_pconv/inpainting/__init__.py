@@ -22,7 +22,7 @@ from .loss import InpaintingLoss, VGG16Features, gram_matrix, hole_border, total
 from .masks import BUCKETS, MaskFolder, MaskGenerator, bucket_of, hole_ratio  # noqa: E402
 from .metrics import BucketMetrics, format_table, hole_l1, l1, psnr, ssim  # noqa: E402
 from .model import PConvUNet, inpaint  # noqa: E402
-from .train import TrainConfig, load_checkpoint, load_model, save_checkpoint, train  # noqa: E402
+from .train import TrainConfig, learning_rate, load_checkpoint, load_model, save_checkpoint, train  # noqa: E402
 
 __all__ = [
     "BUCKETS",
@@ -45,6 +45,7 @@ __all__ = [
     "hole_ratio",
     "inpaint",
     "l1",
+    "learning_rate",
     "list_images",
     "load_checkpoint",
     "load_model",

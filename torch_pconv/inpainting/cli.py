@@ -38,6 +38,9 @@ def _train(args: argparse.Namespace) -> int:
         fine_tune_steps=args.fine_tune_steps,
         lr=args.lr,
         fine_tune_lr=args.fine_tune_lr,
+        schedule=args.schedule,
+        warmup_steps=args.warmup_steps,
+        mask_pool=args.mask_pool,
         layers=args.layers,
         widths=tuple(args.widths) if args.widths else None,
         kernels=tuple(args.kernels) if args.kernels else None,
@@ -113,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fine-tune-steps", type=int, default=500_000, help="second phase steps (default: %(default)s)")
     t.add_argument("--lr", type=float, default=2e-4, help="first phase learning rate (default: %(default)s)")
     t.add_argument("--fine-tune-lr", type=float, default=5e-5, help="fine-tuning learning rate (default: %(default)s)")
+    t.add_argument(
+        "--schedule",
+        default="constant",
+        choices=("constant", "cosine"),
+        help="first phase learning rate: constant (the paper) or a warm-up and cosine decay to 0 (default: constant)",
+    )
+    t.add_argument("--warmup-steps", type=int, default=0, help="warm-up steps of the cosine schedule (default: 0)")
+    t.add_argument("--mask-pool", type=int, help="generated masks: draw this many, then flip and transpose them")
     t.add_argument("--layers", type=int, default=7, help="encoder depth: 7 for 256 px, 8 for 512 (default: 7)")
     t.add_argument("--widths", type=int, nargs="+", help="encoder widths (default: the paper's)")
     t.add_argument("--kernels", type=int, nargs="+", help="encoder kernel sizes (default: the paper's)")

@@ -55,7 +55,10 @@ class MaskGenerator(Dataset[Tensor]):
     """Irregular masks, brush strokes of varying width plus optional boxes, drawn on demand.
 
     Item ``i`` is drawn from a generator seeded with ``(seed, i)``: the same on every run, in
-    every process and DataLoader worker.
+    every process and DataLoader worker. With ``pool``, only ``pool`` distinct masks are drawn
+    (each once, then kept in memory) and item ``i`` is one of the eight flips and transposes of
+    mask ``i % pool`` (the four flips for non-square masks): a fixed mask set with augmentation,
+    as the paper trains on, for when drawing a mask costs more than the training step that uses it.
 
     Args:
         size: mask side, or ``(H, W)``.
@@ -67,6 +70,8 @@ class MaskGenerator(Dataset[Tensor]):
         margin: default 50/512 of the smaller side, the paper's 50 pixels at 512.
         strokes: strokes per mask (unconditioned masks only).
         boxes: boxes per mask.
+        seed: the seed of every draw.
+        pool: the number of distinct masks (see above); None: every item is drawn afresh.
 
     Shape:
         - item: ``(1, H, W)``, float, 1 valid, 0 hole
@@ -82,6 +87,7 @@ class MaskGenerator(Dataset[Tensor]):
         strokes: int = 4,
         boxes: int = 0,
         seed: int = 0,
+        pool: int | None = None,
     ) -> None:
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         if buckets is not None and (not buckets or any(not 0 <= b < len(BUCKETS) for b in buckets)):
@@ -91,6 +97,12 @@ class MaskGenerator(Dataset[Tensor]):
         self.length, self.buckets, self.border = length, None if buckets is None else tuple(buckets), border
         self.margin = max(1, round(_MARGIN * min(self.size))) if margin is None else margin
         self.strokes, self.boxes, self.seed = strokes, boxes, seed
+        if pool is not None and pool < 1:
+            raise ValueError(f"MaskGenerator: pool must be a positive number of masks, got {pool}")
+        self.pool = pool
+        # The pool's masks as drawn, as bool (a quarter of the memory of float); each process
+        # and DataLoader worker fills its own.
+        self._drawn: dict[int, Tensor] = {}
 
     def __len__(self) -> int:
         return self.length
@@ -98,6 +110,23 @@ class MaskGenerator(Dataset[Tensor]):
     def __getitem__(self, index: int) -> Tensor:
         if not 0 <= index < self.length:
             raise IndexError(f"MaskGenerator: index {index} out of range for {self.length} masks")
+        if self.pool is None:
+            return self._draw(index)
+        base, turn = index % self.pool, index // self.pool
+        if base not in self._drawn:
+            self._drawn[base] = self._draw(base).bool()
+        mask = self._drawn[base]
+        # The eight symmetries of the square (flips only for non-square masks) keep the hole ratio
+        # and the border margin.
+        if turn & 1:
+            mask = mask.flip(-1)
+        if turn & 2:
+            mask = mask.flip(-2)
+        if turn & 4 and self.size[0] == self.size[1]:
+            mask = mask.transpose(-1, -2)
+        return mask.float()
+
+    def _draw(self, index: int) -> Tensor:
         ratio = None if self.buckets is None else BUCKETS[self.buckets[index % len(self.buckets)]]
         rounds = index // (1 if self.buckets is None else len(self.buckets))
         border = rounds % 2 == 0 if self.border is None else self.border

@@ -1,17 +1,19 @@
 """Training: the paper's two phases (Adam at 2e-4, then fine-tuning at 5e-5 with the encoder's
-BatchNorm frozen), on one process or many (``torchrun``: DistributedDataParallel with a
-DistributedSampler), with exact resume from checkpoints, per-term loss logs and PNG grids."""
+BatchNorm frozen; or a cosine schedule for short runs), on one process or many (``torchrun``:
+DistributedDataParallel with a DistributedSampler), with exact resume from checkpoints,
+per-term loss logs and PNG grids."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
@@ -24,9 +26,20 @@ from .loss import InpaintingLoss, VGG16Features
 from .masks import MaskFolder, MaskGenerator, seeded
 from .model import PConvUNet
 
-__all__ = ["CHECKPOINT", "TrainConfig", "build_model", "load_checkpoint", "load_model", "save_checkpoint", "train"]
+__all__ = [
+    "CHECKPOINT",
+    "SCHEDULES",
+    "TrainConfig",
+    "build_model",
+    "learning_rate",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+    "train",
+]
 
 CHECKPOINT = "checkpoint.pt"
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -37,6 +50,7 @@ class TrainConfig:
     images: str  # a folder of training images
     out: str = "inpainting-run"  # checkpoints, logs and grids
     masks: str | None = None  # a folder of mask images; None: the generator
+    mask_pool: int | None = None  # generator only: draw this many masks, then flip and transpose them
     hole_value: int = 0  # which value marks a hole in the mask images (0 or 255)
     size: int = 256  # crop side
     batch: int = 6  # per process
@@ -44,6 +58,10 @@ class TrainConfig:
     fine_tune_steps: int = 500_000  # second phase, encoder BatchNorm frozen
     lr: float = 2e-4
     fine_tune_lr: float = 5e-5
+    # The first phase's learning rate: "constant" (the paper), or "cosine": a linear warm-up over
+    # `warmup_steps`, then a cosine decay to 0 at the end of the phase (for short runs).
+    schedule: str = "constant"
+    warmup_steps: int = 0
     layers: int = 7
     widths: tuple[int, ...] | None = None  # default: the paper's
     kernels: tuple[int, ...] | None = None
@@ -62,6 +80,10 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     device: str | None = None  # default: cuda (this process's LOCAL_RANK) if available, else cpu
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig: schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
     def model_args(self) -> dict[str, Any]:
         return {"layers": self.layers, "widths": self.widths, "kernels": self.kernels, "batch_norm": self.batch_norm}
@@ -167,7 +189,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
     total = config.steps + config.fine_tune_steps
     bar = _progress(total, step, enabled=config.progress and rank == 0)
-    log = (out / "log.jsonl").open("a") if rank == 0 else None
+    log = _open_log(out / "log.jsonl", step) if rank == 0 else None
     start, phase = time.perf_counter(), ""
     terms: dict[str, float] = {}
     wrapped: nn.Module = model
@@ -177,8 +199,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 phase = "fine_tune" if step >= config.steps else "train"
                 if phase == "fine_tune":
                     _unwrap(model).freeze_encoder_bn()
-                    for group in optimizer.param_groups:
-                        group["lr"] = config.fine_tune_lr
                 # DDP registers the parameters that need gradients when it is built: rebuild it
                 # once the encoder's BatchNorm parameters are frozen.
                 wrapped = nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -187,6 +207,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             end = config.steps if step < config.steps else total
             for image, mask in loader:
                 image, mask = image.to(device), mask.to(device)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, step)
                 output, terms = _step(wrapped, loss_fn, optimizer, scaler, image, mask, config.amp, device)
                 step += 1
                 bar.update(1)
@@ -207,6 +229,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if log is not None:
             log.close()
     return {"step": step, "seconds": time.perf_counter() - start, **{k: float(v) for k, v in terms.items()}}
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (from 0): a function of the step alone, so that a
+    resumed run follows the schedule of an uninterrupted one without any saved state."""
+    if step >= config.steps:
+        return config.fine_tune_lr
+    if config.schedule == "constant":
+        return config.lr
+    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps > 0 else 1.0
+    return config.lr * warmup * 0.5 * (1 + math.cos(math.pi * step / config.steps))
 
 
 def _step(
@@ -255,7 +288,7 @@ def _build_dataset(config: TrainConfig) -> InpaintingDataset:
     images = list_images(config.images)
     masks: Dataset[Tensor]
     if config.masks is None:
-        masks = MaskGenerator(config.size, length=100_000, seed=config.seed + 1)
+        masks = MaskGenerator(config.size, length=100_000, seed=config.seed + 1, pool=config.mask_pool)
     else:
         masks = MaskFolder(config.masks, config.size, hole_value=config.hole_value, seed=config.seed + 1)
     return InpaintingDataset(
@@ -277,6 +310,18 @@ def _setup(config: TrainConfig) -> tuple[int, int, torch.device]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if world > 1 else 0
     return rank, world, device
+
+
+def _open_log(path: Path, step: int) -> TextIO:
+    """The run's log, keeping the lines of the steps up to ``step`` (the checkpoint resumed from;
+    none for a fresh run): a resumed run's log reads as an uninterrupted one's, with no line of
+    the steps it repeats."""
+    kept = []
+    if step and path.is_file():
+        kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= step]
+    file = path.open("w")
+    file.writelines(kept)
+    return file
 
 
 def _mean_over_processes(terms: dict[str, float], world: int) -> dict[str, float]:
