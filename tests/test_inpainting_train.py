@@ -173,6 +173,13 @@ def test_resume_is_exact(images, tmp_path, monkeypatch, settings):
     assert [json.loads(line)["step"] for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()] == [1]
 
 
+def test_resuming_another_network_says_so(images, tmp_path):
+    train(_config(images, tmp_path, steps=1))
+    with pytest.raises(ValueError, match=r"holds a network built with .*'widths': \(4, 8\).*--no-resume"):
+        train(_config(images, tmp_path, steps=2, widths=(4, 6)))
+    assert train(_config(images, tmp_path, steps=1, widths=(4, 6), resume=False))["step"] == 1
+
+
 def test_learning_rate_schedules():
     paper = TrainConfig(images="x", steps=100, fine_tune_steps=10, lr=2e-4, fine_tune_lr=5e-5)
     assert [learning_rate(paper, s) for s in (0, 50, 99, 100, 109)] == [2e-4] * 3 + [5e-5] * 2

@@ -132,6 +132,13 @@ def load_checkpoint(
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its step."""
     state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds Python RNG state
     inner = _unwrap(model)
+    own = {name: tuple(value.shape) for name, value in inner.state_dict().items()}
+    if own != {name: tuple(value.shape) for name, value in state["model"].items()}:
+        # Most often a run started in a folder that holds another run's checkpoint.
+        raise ValueError(
+            f"{path} holds a network built with {state['model_args']}, which is not this one "
+            f"({inner.extra_repr()}): train into another folder, or start afresh (--no-resume)"
+        )
     if state["fine_tune"]:
         inner.freeze_encoder_bn()
     inner.load_state_dict(state["model"])
