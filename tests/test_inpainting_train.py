@@ -193,6 +193,8 @@ def test_learning_rate_schedules():
     assert rates == sorted(rates, reverse=True)
     with pytest.raises(ValueError, match="schedule must be one of constant, cosine"):
         TrainConfig(images="x", schedule="linear")
+    with pytest.raises(ValueError, match="mask_pool pools generated masks"):
+        TrainConfig(images="x", masks="folder", mask_pool=100)
 
 
 def test_fine_tuning_freezes_encoder_batch_norm(images, tmp_path):

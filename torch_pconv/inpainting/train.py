@@ -84,6 +84,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainConfig: schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.mask_pool is not None and self.masks is not None:
+            raise ValueError(
+                "TrainConfig: mask_pool pools generated masks; with a mask folder (masks=...), leave it None"
+            )
 
     def model_args(self) -> dict[str, Any]:
         return {"layers": self.layers, "widths": self.widths, "kernels": self.kernels, "batch_norm": self.batch_norm}
