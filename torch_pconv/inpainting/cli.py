@@ -18,7 +18,7 @@ from .evaluate import BASELINES, evaluate, evaluation_set
 from .masks import MaskFolder
 from .metrics import format_table
 from .model import inpaint
-from .train import TrainConfig, load_model, train
+from .train import SCHEDULES, TrainConfig, load_model, train
 
 __all__ = ["main"]
 
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--schedule",
         default="constant",
-        choices=("constant", "cosine"),
+        choices=SCHEDULES,
         help="first phase learning rate: constant (the paper) or a warm-up and cosine decay to 0 (default: constant)",
     )
     t.add_argument("--warmup-steps", type=int, default=0, help="warm-up steps of the cosine schedule (default: 0)")
