@@ -321,7 +321,7 @@ class ThreeLayerNet(nn.Module):
         self.c2 = PConv2d(8, 8, 3, padding=1, stride=2)
         self.c3 = PConv2d(8, 2, 3, padding=1)
 
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x, mask = self.c1(x, mask)
         x, mask = self.c2(torch.relu(x), mask)
         return self.c3(torch.relu(x), mask)

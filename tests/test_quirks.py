@@ -87,14 +87,26 @@ def test_dispatch_mode_active_fails_safe(monkeypatch: pytest.MonkeyPatch) -> Non
     assert ours._ratio_cache == {}  # never cached where it cannot tell
 
 
-def test_tensor_version_fails_safe() -> None:
-    t = torch.zeros(3)
-    before = quirks.tensor_version(t)
-    t.add_(1)
-    assert quirks.tensor_version(t) == before + 1
-    with torch.inference_mode():
-        assert quirks.tensor_version(torch.zeros(3)) is None  # inference tensors keep no count
-    assert quirks.tensor_version(types.SimpleNamespace()) is None  # type: ignore[arg-type]
+def test_functorch_transform_active_fails_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert quirks.functorch_transform_active() is False
+    seen: list[bool] = []
+    torch.func.vmap(lambda t: seen.append(quirks.functorch_transform_active()) or t)(torch.zeros(2, 2))
+    assert seen == [True]
+    # A torch without the probe: assume a transform, so that the layer runs its plain ops.
+    monkeypatch.setattr(torch._C, "_functorch", types.SimpleNamespace())
+    assert quirks.functorch_transform_active() is True
+
+
+def test_the_layer_under_no_transform_probe_is_still_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch_pconv import pconv
+
+    layer = PConv2d(3, 4, 3, padding=1).double()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    mask = torch.rand(2, 1, 6, 6) > 0.4
+    expected, _ = layer(x, mask)
+    monkeypatch.setattr(pconv, "functorch_transform_active", lambda: True)  # the fallback's answer
+    out, _ = layer(x, mask)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-14)
 
 
 def test_profile_events_fall_back_to_no_memory_figures(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,17 +122,17 @@ def test_profile_events_fall_back_to_no_memory_figures(monkeypatch: pytest.Monke
 
 def test_bit_views_batch_falls_back_to_where(monkeypatch: pytest.MonkeyPatch) -> None:
     # torch 2.1's vmap cannot batch Tensor.view(dtype): the masking then selects with torch.where.
-    from torch_pconv.masks import mask_input
+    from torch_pconv.masks import mask_input_constant
 
     assert isinstance(quirks.bit_views_batch(), bool)  # False on torch 2.1, True on 2.13
     x = torch.randn(2, 3, 5, 5)
     x[:, :, 0] = float("nan")
     mask = (torch.rand(2, 1, 5, 5) > 0.5).float()
     mask[:, :, 0] = 0
-    expected = mask_input(x, mask)
+    expected = mask_input_constant(x, mask)
     monkeypatch.setattr(quirks, "_BIT_VIEWS_BATCH", [False])
     assert quirks.bit_views_batch() is False
-    assert torch.equal(mask_input(x, mask), expected)
+    assert torch.equal(mask_input_constant(x, mask), expected)
     assert torch.isfinite(expected).all()
 
 

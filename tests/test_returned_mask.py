@@ -1,7 +1,7 @@
 """The returned (update) mask: in the input's dtype whatever the mask's, in the layout the mask
-came in, a multi-channel mask of its own (PartialConv2d, as NVIDIA's) or a read-only expanded view
-(PConv2d) that the next layer counts as one channel unless it was edited, and never a path for
-gradients."""
+came in, a multi-channel mask of its own (PartialConv2d, as NVIDIA's, which the next layer counts
+as NVIDIA does, whatever was written to it) or a read-only expanded view (PConv2d) that the next
+layer counts as one channel, and never a path for gradients."""
 
 from __future__ import annotations
 
@@ -65,17 +65,43 @@ def test_multi_channel_with_a_single_input_channel_accepts_a_one_channel_mask():
     assert update.shape == (2, 4, 4, 4)
 
 
+@pytest.mark.parametrize("cls", [PConv2d, PartialConv2d])
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-def test_no_gradient_reaches_the_mask(case):
-    """The mask is a constant, even when the caller's mask requires grad."""
-    layer = PConv2d(3, 4, 3, padding=1, multi_channel=case.ours_multi)
-    mask = holes(case.shape(2, 3, (6, 6))).requires_grad_()
-    x = image((2, 3, 6, 6)).requires_grad_()
+def test_a_float_mask_that_requires_grad_gets_nvidias_gradient(case, cls):
+    """NVIDIA's gradient, through ``input * mask`` alone (its ratio is computed without grad);
+    the returned mask carries none."""
+    layer = cls(3, 4, 3, padding=1, multi_channel=case.ours_multi, return_mask=True).double()
+    ref = nvidia.PartialConv2d(3, 4, 3, padding=1, multi_channel=case.ref_multi, return_mask=True).double()
+    ref.load_state_dict(layer.state_dict())
+    mask = holes(case.shape(2, 3, (6, 6)), dtype=torch.float64).requires_grad_()
+    x = image((2, 3, 6, 6), dtype=torch.float64).requires_grad_()
     out, update = layer(x, mask)
     assert not update.requires_grad
-    (out.square().sum() + update.sum()).backward()
-    assert mask.grad is None
-    assert x.grad is not None and layer.weight.grad is not None
+    out.square().sum().backward()
+    ours = (mask.grad, x.grad, layer.weight.grad)
+    mask.grad = x.grad = None
+    expected, _ = ref(x, case.layout.to_reference(mask, 3))
+    expected.square().sum().backward()
+    for got, want in zip(ours, (mask.grad, x.grad, ref.weight.grad), strict=True):
+        assert got is not None and torch.allclose(got, want, rtol=0, atol=1e-12 * want.abs().max())
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_a_mask_alone_that_requires_grad_makes_the_output_require_grad(case):
+    layer = PartialConv2d(3, 4, 3, padding=1, multi_channel=case.ours_multi).requires_grad_(False)
+    mask = holes(case.shape(2, 3, (6, 6))).requires_grad_()
+    out = layer(image((2, 3, 6, 6)), mask)
+    assert out.requires_grad
+    out.sum().backward()
+    assert mask.grad is not None and mask.grad.abs().sum() > 0
+
+
+def test_a_mask_that_requires_grad_costs_nothing_when_grad_is_off():
+    layer = PConv2d(3, 4, 3, padding=1)
+    mask = holes((2, 1, 6, 6)).requires_grad_()
+    with torch.no_grad():
+        out, _ = layer(image((2, 3, 6, 6)), mask)
+    assert not out.requires_grad
 
 
 # --- The returned multi-channel mask -------------------------------------------------------------
@@ -130,8 +156,11 @@ def _chain(cls: type) -> tuple:
     return second, ref, hidden, update
 
 
-@pytest.mark.parametrize("cls", [PConv2d, PartialConv2d])
-def test_a_returned_multi_channel_mask_fed_back_is_counted_as_one_channel(cls, monkeypatch):
+@pytest.mark.parametrize(("cls", "counted"), [(PConv2d, MaskLayout.SHARED), (PartialConv2d, MaskLayout.MULTI)])
+def test_a_returned_multi_channel_mask_fed_back(cls, counted, monkeypatch):
+    """PConv2d's expanded view is one channel, and no one can write to it: counted once.
+    PartialConv2d's mask is a tensor of its own, which its user may write to in any way (some
+    of which, .data and numpy, leave no trace): counted channel by channel, as NVIDIA does."""
     from torch_pconv import pconv
 
     second, ref, hidden, update = _chain(cls)
@@ -139,15 +168,28 @@ def test_a_returned_multi_channel_mask_fed_back_is_counted_as_one_channel(cls, m
     valid_map = pconv.valid_map
     monkeypatch.setattr(pconv, "valid_map", lambda m, layout, *a: layouts.append(layout) or valid_map(m, layout, *a))
     out, _ = second(hidden, update)
-    assert layouts == [pconv.MaskLayout.SHARED], "the channel-constant mask was counted channel by channel"
+    assert layouts == [counted]
     expected, _ = ref(hidden, update)
     assert torch.equal(out, expected)  # legacy_behaviour: NVIDIA's float32 arithmetic, bit for bit
 
 
-def test_an_edited_returned_mask_is_counted_as_edited():
-    # After an in-place edit the channels differ: the layer must see the edit, not the tag.
-    second, ref, hidden, update = _chain(PartialConv2d)
+def _edit_in_place(update):
     update[:, 1:3, 2:7, 2:7] = 0
+
+
+def _edit_through_data(update):
+    update.data[:, 1:3, 2:7, 2:7] = 0  # leaves _version as it was
+
+
+def _edit_through_numpy(update):
+    update.numpy()[:, 1:3, 2:7, 2:7] = 0  # leaves _version as it was
+
+
+@pytest.mark.parametrize("edit", [_edit_in_place, _edit_through_data, _edit_through_numpy])
+def test_an_edited_returned_mask_is_counted_as_edited(edit):
+    # After an edit the channels differ: the next layer must read the mask as it is now.
+    second, ref, hidden, update = _chain(PartialConv2d)
+    edit(update)
     out, new_update = second(hidden, update)
     expected, expected_update = ref(hidden, update)
     assert torch.equal(out, expected)

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .masks import _CONV, mask_input
+from .masks import _CONV, mask_input, mask_input_constant
 
 __all__ = ["Conv", "Geometry", "PartialConvFunction", "partial_conv"]
 
@@ -51,16 +51,19 @@ def partial_conv(
     update: Tensor,
     conv: Conv,
     legacy: bool = False,
+    masking: Callable[[Tensor, Tensor], Tensor] = mask_input,
 ) -> Tensor:
-    """The forward, as plain torch ops: what the Function computes, and what compilers, tracers and
-    exporters record. ``conv(input, weight, bias)`` is the weight convolution (a layer's
-    ``_conv_forward``, with its padding mode).
+    """The forward, as plain torch ops: what the Function computes, and what compilers, tracers,
+    exporters and the paths the Function does not model record. ``conv(input, weight, bias)`` is
+    the weight convolution (a layer's ``_conv_forward``, with its padding mode); ``masking`` is
+    :func:`~torch_pconv.masks.mask_input` (differentiable in every mode), or its bit-operation
+    twin in the Function's forward.
 
     Shape:
         input ``(B, C_in, *S)``; mask ``None`` (all valid) or broadcastable to the input;
         ratio and update ``(B|1, 1, *S')``, in float32 or wider; returns ``(B, C_out, *S')``.
     """
-    masked = input if mask is None else mask_input(input, mask)
+    masked = input if mask is None else masking(input, mask)
     # The products round once into the output: the ratio stays in float32 or wider (a float16
     # ratio would overflow for windows above 65504).
     if legacy:  # NVIDIA's order of operations, bit for bit: the bias goes in and comes out again
@@ -103,7 +106,8 @@ class PartialConvFunction(torch.autograd.Function):
         geometry: Geometry,
         legacy: bool,
     ) -> Tensor:
-        return partial_conv(input, weight, bias, mask, ratio, update, geometry.conv, legacy)
+        # Its inputs carry no gradient or tangent here (the rules below give them): the fast masking.
+        return partial_conv(input, weight, bias, mask, ratio, update, geometry.conv, legacy, mask_input_constant)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -119,6 +123,8 @@ class PartialConvFunction(torch.autograd.Function):
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         geometry: Geometry = ctx.geometry
         grad_input = grad_weight = grad_bias = None
+        # Every masking below is the differentiable one: a transform over this backward (jacfwd of
+        # grad, say) passes tensors that carry tangents.
         # Recorded when the caller differentiates the gradients (create_graph): then operands
         # passed for their shape alone are detached, so that no gradient flows through them.
         recorded = torch.is_grad_enabled()
@@ -132,9 +138,9 @@ class PartialConvFunction(torch.autograd.Function):
         if needs_input:
             grad_input = _conv_backward(scaled, input.detach() if recorded else input, weight, geometry, False)
             if mask is not None:
-                keep = mask if mask.is_floating_point() else mask != 0
-                # In place unless recorded: the tensor is ours.
-                grad_input = grad_input * keep if recorded else grad_input.mul_(keep)
+                # The masking is linear and diagonal in the input: its gradient is the masking itself.
+                # Differentiable, so that a transform over this backward (jacfwd of grad) sees it.
+                grad_input = mask_input(grad_input, mask)
         del scaled
         if needs_bias:  # the sum autograd takes through the forward's addcmul, once scaled is gone
             grad_bias = _times(grad, update).sum([d for d in range(grad.dim()) if d != 1])

@@ -13,18 +13,26 @@ from .function import Geometry, PartialConvFunction, partial_conv
 from .masks import (
     MaskLayout,
     PConvError,
-    channel_constant,
     channels_per_pixel,
     check_input,
     count_dtype,
-    mark_channel_constant,
     ratio_and_update,
     read_layout,
     valid_count,
     valid_map,
     window_size,
 )
-from .quirks import autocast_dtype, autocast_enabled, autocast_off, compiling_or_tracing, dispatch_mode_active
+from .quirks import (
+    autocast_dtype,
+    autocast_enabled,
+    autocast_off,
+    compiling_or_tracing,
+    dispatch_mode_active,
+    functorch_transform_active,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11; only for the checker, not at run time
 
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
@@ -153,9 +161,16 @@ def _cacheable(input: Tensor) -> bool:
     Only for a plain tensor with storage, outside any compiler, tracer or dispatch mode: a
     compiler must see (and fold) the computation; a tracer must record it (its sizes are tensors
     that would key an entry never hit again); a FakeTensorMode or a subclass would leave tensors
-    without data in the cache, and the next eager call would compute with them.
+    without data in the cache, and the next eager call would compute with them; a torch.func
+    transform would leave its wrapped tensors there, to escape it.
     """
-    return not compiling_or_tracing() and type(input) is Tensor and not input.is_meta and not dispatch_mode_active()
+    return (
+        not compiling_or_tracing()
+        and type(input) is Tensor
+        and not input.is_meta
+        and not dispatch_mode_active()
+        and not functorch_transform_active()
+    )
 
 
 class _PartialConvNd(_ConvNd):
@@ -185,39 +200,53 @@ class _PartialConvNd(_ConvNd):
         self._ratio_cache = {}
 
     def _partial_forward(self, input: Tensor, mask_in: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
-        check_input(input, len(self.kernel_size), self.in_channels, self.weight.dtype)
+        # Each parameter is read once: a parametrization (spectral_norm, weight_norm) runs once per
+        # forward, as in nn.ConvNd.
+        weight, bias = self.weight, self.bias
+        check_input(input, len(self.kernel_size), self.in_channels, weight.dtype)
         mask: Tensor | None = None
         if mask_in is None:
             layout = MaskLayout.NONE
             ratio, update = self._padding_ratio(input)
         else:
             layout = read_layout(mask_in, input, self.in_channels, self.multi_channel)
-            mask = mask_in.detach()  # the mask is a constant: no gradient flows to it
+            if input.shape[0] < mask_in.shape[0]:  # a batch of 1 under a batch of masks, as NVIDIA broadcasts
+                input = input.expand(mask_in.shape[0], *input.shape[1:])
+            # The mask is a constant of the counts. A float mask that requires grad gets NVIDIA's
+            # gradient, through the masking of the input alone.
+            differentiable = mask_in.requires_grad and mask_in.is_floating_point() and torch.is_grad_enabled()
+            mask = mask_in if differentiable else mask_in.detach()
             counted = layout
-            if layout is MaskLayout.MULTI and mask.shape[1] > 1:
-                # One channel for all (the mask a multi-channel layer returns, expanded or
-                # materialised): the same mask for every channel, as a (B, H, W) mask says.
-                # Count and apply it once.
-                channel = mask[:, 0] if mask.stride(1) == 0 else channel_constant(mask_in)
-                if channel is not None:
-                    mask, counted = channel, MaskLayout.SHARED
-            valid = valid_map(mask, counted, self.in_channels, count_dtype(input.dtype))
+            if layout is MaskLayout.MULTI and mask.shape[1] > 1 and mask.stride(1) == 0:
+                # One channel for all, as PConvNd returns it (an expanded view, which no one can
+                # write to): the same mask for every channel, as a (B, *S) mask says. Count and
+                # apply it once. A mask of C channels of its own is counted as NVIDIA does.
+                mask, counted = mask[:, 0], MaskLayout.SHARED
+            valid = valid_map(mask.detach(), counted, self.in_channels, count_dtype(input.dtype))
             ratio, update = self._ratio_and_update(valid, counted)
             if counted is MaskLayout.SHARED:
                 mask = mask.unsqueeze(1)
-        output = self._masked_conv(input, mask, ratio, update)
+        output = self._masked_conv(input, weight, bias, mask, ratio, update)
         if not self.return_mask:
             return output
-        return output, self._returned_mask(update, layout, input, mask_in)
+        return output, self._returned_mask(update, layout, input)
 
-    def _masked_conv(self, input: Tensor, mask: Tensor | None, ratio: Tensor, update: Tensor) -> Tensor:
+    def _masked_conv(
+        self, input: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None, ratio: Tensor, update: Tensor
+    ) -> Tensor:
         """The partial convolution of ``input`` under ``mask`` (None, or broadcastable to it)."""
-        weight, bias = self.weight, self.bias
         geometry = self._geometry()
         # Compilers, tracers and exporters record the plain ops (a compiler then chooses what to
-        # keep for backward); without grad there is no backward; padding modes other than zeros
-        # pad inside nn.ConvNd, which the Function's backward does not model.
-        if geometry is None or not torch.is_grad_enabled() or compiling_or_tracing():
+        # keep for backward); padding modes other than zeros pad inside nn.ConvNd, which the
+        # Function does not model; a mask that requires grad is an input the Function does not
+        # differentiate; torch.func transforms nest where a Function's rules do not (see quirks).
+        # Everything else, no_grad and forward-mode AD included, takes the Function.
+        if (
+            geometry is None
+            or compiling_or_tracing()
+            or (mask is not None and mask.requires_grad)
+            or functorch_transform_active()
+        ):
             return partial_conv(input, weight, bias, mask, ratio, update, self._conv_forward, self.legacy_behaviour)
         device = input.device.type
         if not autocast_enabled(device):
@@ -273,45 +302,45 @@ class _PartialConvNd(_ConvNd):
         channels = channels_per_pixel(MaskLayout.NONE, self.in_channels, self.multi_channel)
         return torch.full((1, 1, *input.shape[2:]), channels, dtype=dtype, device=input.device)
 
-    def _returned_mask(self, update: Tensor, layout: MaskLayout, input: Tensor, mask_in: Tensor | None) -> Tensor:
+    def _returned_mask(self, update: Tensor, layout: MaskLayout, input: Tensor) -> Tensor:
         """The update mask in the layout the mask came in, in the input's dtype."""
         # A copy: the update is cached (mask None) or saved for backward, and the caller may edit it.
         update = update.to(input.dtype, copy=True)
         if layout is MaskLayout.SHARED:
             return update.squeeze(1)
         if layout is MaskLayout.MULTI or (layout is MaskLayout.NONE and self.multi_channel):
-            batch = input.shape[0] if mask_in is None else update.shape[0]
+            batch = input.shape[0] if layout is MaskLayout.NONE else update.shape[0]
             expanded = update.expand(batch, self.out_channels, *update.shape[2:])
-            if self._expanded_mask:
-                return expanded
             # NVIDIA's layer returns a tensor of its own, which its users reshape and edit in place.
-            return mark_channel_constant(expanded.contiguous(), update[:, 0])
+            return expanded if self._expanded_mask else expanded.contiguous()
         return update
 
     def get_weight(self) -> Tensor:
         """The weight parameter (torch-pconv 0.1.1 API)."""
         return self.weight
 
-    def set_weight(self, weight: Tensor) -> None:
-        """Copy ``weight`` into the weight parameter (torch-pconv 0.1.1 API)."""
+    def set_weight(self, weight: Tensor) -> Self:
+        """Copy ``weight`` into the weight parameter and return the layer (torch-pconv 0.1.1 API)."""
         if weight.shape != self.weight.shape:
             raise PConvError(f"weight: expected shape {tuple(self.weight.shape)}, got {tuple(weight.shape)}")
         with torch.no_grad():
             self.weight.copy_(weight)
+        return self
 
     def get_bias(self) -> Tensor | None:
         """The bias parameter, shape ``(out_channels,)``, or None (torch-pconv 0.1.1 API)."""
         return self.bias
 
-    def set_bias(self, bias: Tensor) -> None:
-        """Copy ``bias`` into the bias parameter; any shape of ``out_channels`` elements, such as
-        0.1.1's ``(1, out_channels, 1, 1)`` (torch-pconv 0.1.1 API)."""
+    def set_bias(self, bias: Tensor) -> Self:
+        """Copy ``bias`` into the bias parameter and return the layer; any shape of ``out_channels``
+        elements, such as 0.1.1's ``(1, out_channels, 1, 1)`` (torch-pconv 0.1.1 API)."""
         if self.bias is None:
             raise PConvError("bias: this layer was built with bias=False")
         if bias.numel() != self.out_channels:
             raise PConvError(f"bias: expected {self.out_channels} elements, got shape {tuple(bias.shape)}")
         with torch.no_grad():
             self.bias.copy_(bias.reshape(self.out_channels))
+        return self
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # torch-pconv 0.1.1 kept the weight in a sub-convolution, the ones kernel of its mask

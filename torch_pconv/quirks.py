@@ -28,9 +28,12 @@ sometimes slower or leaner in what it reports. Checked on torch 2.1.2, 2.13.0 an
   which ``torch.func.vmap`` cannot batch on torch 2.1 (no batching rule for ``aten::view.dtype``).
   Probed once, on first use: where it fails, the masking always takes ``torch.where`` (correct,
   slower on the CPU).
-- ``tensor_version``: ``Tensor._version``, autograd's count of in-place edits, also tells a
-  returned multi-channel mask that still holds the one channel it was made from. Missing (or
-  an inference tensor, which keeps no count): None, and the next layer counts every channel.
+- ``functorch_transform_active``: whether a ``torch.func`` transform (grad, jvp, vmap, jacfwd,
+  ...) is running, from ``torch._C._functorch.peek_interpreter_stack`` (2.1 to 2.15). Under one,
+  the layer runs plain ops, because torch.func differentiates an ``autograd.Function``'s ``jvp``
+  rule at one level only: ``jacfwd`` over a ``jvp`` of the Function gives 0 (torch 2.13, checked
+  with a two-line multiply). Missing: True, and the layer always runs plain ops (correct; they
+  keep the masked input for backward).
 - ``profile_events``: the CPU benchmark's memory meter reads the profiler's raw event tree
   (``torch._C._profiler._ExtraFields_Allocation``), the only place that sees every allocation
   and free in order. Missing: None, and the benchmark reports CPU memory as unavailable.
@@ -44,7 +47,6 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
-from torch import Tensor
 
 __all__ = [
     "autocast_dtype",
@@ -54,9 +56,9 @@ __all__ = [
     "compiling_or_tracing",
     "cuda_grad_scaler",
     "dispatch_mode_active",
+    "functorch_transform_active",
     "is_compiling",
     "profile_events",
-    "tensor_version",
 ]
 
 
@@ -168,13 +170,10 @@ def dispatch_mode_active() -> bool:
     return depth is None or depth() > 0
 
 
-def tensor_version(tensor: Tensor) -> int | None:
-    """Autograd's count of in-place edits of ``tensor`` (``Tensor._version``); None where it is
-    not kept (inference tensors) or not exposed."""
-    try:
-        return int(tensor._version)
-    except (AttributeError, RuntimeError):
-        return None
+def functorch_transform_active() -> bool:
+    """Whether a ``torch.func`` transform is running; True if this torch cannot tell."""
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is None or peek() is not None
 
 
 def profile_events(prof: Any) -> tuple[list[tuple[int, int]], list[tuple[str, int, int]]] | None:
