@@ -200,3 +200,15 @@ def test_the_setters_chain_as_in_torch_pconv_0_1_1():
     weight, bias = torch.ones(4, 3, 3, 3), torch.full((1, 4, 1, 1), 2.0)
     assert layer.set_weight(weight).set_bias(bias) is layer
     assert torch.equal(layer.weight, weight) and torch.equal(layer.bias, bias.view(4))
+
+
+# --- Differences that stay, by design (doc/migration.md) ------------------------------------------
+
+
+def test_an_inference_tensor_as_a_training_input_raises_as_with_nn_conv2d():
+    layer, conv = PartialConv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+    with torch.inference_mode():
+        x, mask = image((1, 3, 6, 6)), holes((1, 1, 6, 6))
+    for call in (lambda: layer(x, mask), lambda: layer(x), lambda: conv(x)):
+        with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"):
+            call()
