@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -94,6 +96,25 @@ def test_hole_border_is_the_one_pixel_dilation():
     assert torch.equal(border, expected)
 
 
+def test_hole_border_of_a_multi_channel_mask_is_the_union_of_its_holes():
+    # A pixel is a hole if any channel is: channel 0 has a hole at (1, 1), channel 2 at (3, 4).
+    mask = torch.ones(1, 3, 5, 6)
+    mask[0, 0, 1, 1] = 0
+    mask[0, 2, 3, 4] = 0
+    union = mask.amin(1, keepdim=True)
+    expected = torch.zeros(1, 1, 5, 6)
+    expected[0, 0, 0:3, 0:3] = 1
+    expected[0, 0, 2:5, 3:6] = 1
+    assert torch.equal(hole_border(mask), expected)
+    assert torch.equal(hole_border(union), expected)
+    # The loss's TV term over that region: every channel of I_comp, the union's dilation.
+    g = torch.Generator().manual_seed(5)
+    output, target = torch.rand(1, 3, 5, 6, generator=g), torch.rand(1, 3, 5, 6, generator=g)
+    comp = mask * target + (1 - mask) * output
+    tv = InpaintingLoss(None)(output, target, mask)["tv"]
+    assert tv.item() == pytest.approx(total_variation(comp, expected).item(), rel=1e-6)
+
+
 def test_total_variation_counts_only_pairs_inside_the_region():
     image = torch.tensor([[0.0, 1.0, 3.0], [2.0, 2.0, 7.0]]).view(1, 1, 2, 3)
     region = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]).view(1, 1, 2, 3)
@@ -114,6 +135,56 @@ def test_loss_is_float32_under_autocast_and_backpropagates():
     terms["total"].backward()
     assert output.grad is not None and output.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in loss.extractor.parameters())
+
+
+def _autocast_lowers(dtype: torch.dtype) -> bool:
+    """Whether CPU autocast runs a matmul in ``dtype`` on this torch (torch 2.1 has no float16:
+    it warns, then refuses the dtype on entering)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.autocast("cpu", dtype=dtype):
+                return bool(torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == dtype)
+        except RuntimeError:
+            return False
+
+
+class LargeActivations(nn.Module):
+    """One convolution with weights of standard deviation 100: features in the hundreds, whose
+    Gram matrices (squares, in the tens of thousands, summed) overflow float16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.normal_(0, 100, generator=torch.Generator().manual_seed(6))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.relu(self.conv(x))]
+
+
+@pytest.mark.parametrize("extractor", ["vgg16", "large"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_loss_under_autocast_equals_the_float32_loss(extractor, dtype):
+    # The feature extractor and the Gram matrices run in float32 with autocast off: under
+    # autocast, the loss of the same float32 inputs is the float32 loss (in bfloat16 the VGG
+    # terms moved by 1e-3; in float16 large activations made the style terms NaN).
+    if not _autocast_lowers(dtype):
+        pytest.skip(f"CPU autocast does not run {dtype} on torch {torch.__version__}")
+    g = torch.Generator().manual_seed(7)
+    output = torch.rand(2, 3, 32, 32, generator=g, requires_grad=True)
+    target = torch.rand(2, 3, 32, 32, generator=g)
+    mask = (torch.rand(2, 1, 32, 32, generator=g) > 0.3).float()
+    torch.manual_seed(0)
+    loss = InpaintingLoss(VGG16Features() if extractor == "vgg16" else LargeActivations())
+    expected = loss(output, target, mask)
+    with torch.autocast("cpu", dtype=dtype):
+        terms = loss(output, target, mask)
+    grad = torch.autograd.grad(terms["total"], output)[0]  # backward outside autocast, as torch advises
+    assert all(torch.isfinite(t) for t in terms.values())
+    for name, value in expected.items():
+        torch.testing.assert_close(terms[name], value, rtol=1e-6, atol=0, msg=name)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected["total"], output)[0], rtol=1e-6, atol=0)
 
 
 def test_vgg16_shapes_keys_and_normalisation():

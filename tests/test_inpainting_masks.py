@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ pytest.importorskip("pytorch_msssim")
 
 from torch_pconv.holes import irregular_holes
 from torch_pconv.inpainting import BUCKETS, MaskFolder, MaskGenerator, bucket_of, hole_ratio
+from torch_pconv.inpainting.masks import _rotate
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -182,6 +185,29 @@ def test_mask_folder_dilation_grows_holes(mask_folder):
     fat = MaskFolder(folder, size=24, hole_value=255, max_dilation=3, seed=4)
     grew = [float(hole_ratio(fat[i][None])) >= float(hole_ratio(thin[i][None])) for i in range(3)]
     assert all(grew)
+
+
+@pytest.mark.parametrize("quarter_turns", [1, 2, 3])
+def test_rotation_keeps_a_square_hole_square_in_a_non_square_mask(quarter_turns):
+    # affine_grid's coordinates are normalised per axis: a rotation built there turned this
+    # 10x10 hole into 6x16 at 90 degrees. In pixel space it stays a 10x10 square (even sides:
+    # the pixel centres map onto pixel centres, so nearest sampling is exact).
+    holes = torch.zeros(1, 24, 32)
+    holes[:, 4:14, 6:16] = 1
+    rotated = _rotate(holes, quarter_turns * math.pi / 2)
+    rows, cols = torch.nonzero(rotated[0], as_tuple=True)
+    top, bottom, left, right = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    assert (bottom - top + 1, right - left + 1) == (10, 10)
+    assert rotated.sum() == 100 and (rotated[0, top : bottom + 1, left : right + 1] == 1).all()
+    # About the centre: the hole's centre keeps its distance to the map's centre, (11.5, 15.5).
+    centre = ((top + bottom) / 2 - 11.5, (left + right) / 2 - 15.5)
+    assert math.hypot(*centre) == pytest.approx(math.hypot(8.5 - 11.5, 10.5 - 15.5))
+
+
+def test_rotation_by_zero_is_the_identity():
+    holes = (torch.rand(1, 24, 32, generator=torch.Generator().manual_seed(8)) > 0.7).float()
+    assert torch.equal(_rotate(holes, 0.0), holes)
+    assert torch.equal(_rotate(holes, 2 * math.pi), holes)
 
 
 def test_mask_folder_needs_images(tmp_path):

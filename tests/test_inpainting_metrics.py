@@ -20,6 +20,7 @@ from torch_pconv.inpainting import (
     psnr,
     ssim,
 )
+from torch_pconv.inpainting.metrics import PSNR_MAX
 
 
 def _images(seed: int = 0, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +33,8 @@ def test_l1_and_psnr_by_hand():
     output = target + torch.tensor([0.1, 0.01]).view(2, 1, 1, 1)
     torch.testing.assert_close(l1(output, target), torch.tensor([0.1, 0.01]))
     torch.testing.assert_close(psnr(output, target), torch.tensor([20.0, 40.0]), rtol=1e-4, atol=1e-4)
-    assert psnr(target, target)[0] == math.inf
+    assert psnr(target, target)[0] == PSNR_MAX == 100  # capped: equal images would score inf
+    assert psnr(target + 1e-6, target)[0] == PSNR_MAX  # an MSE of 1e-12: 120 dB, capped
 
 
 def test_hole_l1_by_hand():
@@ -72,6 +74,23 @@ def test_bucket_metrics_groups_by_hole_ratio():
     assert rows["(0.1, 0.2]"]["hole_l1"] == pytest.approx(expected)
     table = format_table({"zeros": metrics.rows()})
     assert "(0.2, 0.3]" in table and "zeros" in table and "PSNR" in table
+
+
+def test_a_perfect_fill_counts_in_the_mean_psnr():
+    # It was left out of the mean (its PSNR is inf) while counted in "images": the mean was
+    # that of the other images alone. Now every counted image is in every mean.
+    target = torch.rand(2, 3, 10, 10, generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(2, 1, 10, 10)
+    mask[:, :, :2, :] = 0  # 20 %: both in (0.1, 0.2]
+    output = target.clone()
+    output[1, :, :2, :] = 0.5  # the first image filled perfectly, the second not
+    metrics = BucketMetrics()
+    metrics.update(output, target, mask)
+    row = {row["bucket"]: row for row in metrics.rows()}["(0.1, 0.2]"]
+    imperfect = psnr(output[1:], target[1:]).item()
+    assert row["images"] == 2
+    assert row["psnr"] == pytest.approx((PSNR_MAX + imperfect) / 2)
+    assert all(math.isfinite(row[name]) for name in ("l1", "hole_l1", "psnr", "ssim"))
 
 
 def test_mean_fill():

@@ -80,13 +80,36 @@ def test_depth_error(size, message):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="needs as many widths and kernels"):
+    with pytest.raises(ValueError, match=r"layers=3 needs 3 widths, one per encoder layer, got 2: \(8, 16\)"):
         PConvUNet(layers=3, widths=(8, 16))
+    with pytest.raises(ValueError, match=r"layers=2 needs 2 kernels, one per encoder layer, got 3"):
+        PConvUNet(layers=2, widths=(8, 16), kernels=(3, 3, 3))
     model = _model()
     with pytest.raises(ValueError, match="expected an image"):
         model(torch.rand(1, 4, 32, 32), torch.ones(1, 1, 32, 32))
     with pytest.raises(ValueError, match="expected a mask"):
         model(torch.rand(1, 3, 32, 32), torch.ones(1, 2, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        # It said "layers=-1 needs as many widths and kernels, got 7 and 7".
+        ({"layers": -1}, r"layers must be a positive integer \(the encoder depth\), got -1"),
+        ({"layers": 0}, "layers must be a positive integer"),
+        ({"layers": 2.0}, "layers must be a positive integer"),
+        ({"in_channels": 0}, "in_channels must be a positive integer, got 0"),
+        # These were built, and failed in the forward inside torch (or with mismatched sizes).
+        ({"layers": 2, "widths": (8, 0)}, r"widths must be positive integers \(channels\), got \(8, 0\)"),
+        ({"layers": 2, "widths": (-4, 8)}, "widths must be positive integers"),
+        ({"layers": 2, "widths": (8, 16), "kernels": (4, 3)}, r"kernels must be odd positive integers.*\(4, 3\)"),
+        ({"layers": 2, "widths": (8, 16), "kernels": (3, 0)}, "kernels must be odd positive integers"),
+    ],
+    ids=["layers-1", "layers0", "layers-float", "in_channels0", "width0", "width-4", "kernel4", "kernel0"],
+)
+def test_bad_arguments_are_refused_at_construction(arguments, message):
+    with pytest.raises(ValueError, match=f"PConvUNet: {message}"):
+        PConvUNet(**arguments)
 
 
 def test_hole_contents_do_not_matter():

@@ -9,7 +9,9 @@ import json
 import math
 import os
 import socket
+import struct
 import sys
+import zlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,15 +26,19 @@ pytest.importorskip("pytorch_msssim")
 
 from torch_pconv.__main__ import main as torch_pconv_main
 from torch_pconv.inpainting import (
+    PConvUNet,
     TrainConfig,
     learning_rate,
+    load_checkpoint,
     load_model,
     read_image,
+    read_mask,
     save_grid,
     train,
     write_image,
 )
-from torch_pconv.inpainting.train import CHECKPOINT
+from torch_pconv.inpainting.data import verify_images
+from torch_pconv.inpainting.train import CHECKPOINT, UsageError
 
 # The module, not the function of the same name that the package exports.
 train_module = importlib.import_module("torch_pconv.inpainting.train")
@@ -175,9 +181,77 @@ def test_resume_is_exact(images, tmp_path, monkeypatch, settings):
 
 def test_resuming_another_network_says_so(images, tmp_path):
     train(_config(images, tmp_path, steps=1))
-    with pytest.raises(ValueError, match=r"holds a network built with .*'widths': \(4, 8\).*--no-resume"):
+    with pytest.raises(UsageError, match=r"--widths: \(4, 8\) stored, \(4, 6\) given\..*--no-resume"):
         train(_config(images, tmp_path, steps=2, widths=(4, 6)))
+    # The checkpoint itself names its network when asked to load into another.
+    with pytest.raises(ValueError, match=r"holds a network built with .*'widths': \(4, 8\).*--no-resume"):
+        load_checkpoint(tmp_path / CHECKPOINT, PConvUNet(layers=2, widths=(4, 6)))
     assert train(_config(images, tmp_path, steps=1, widths=(4, 6), resume=False))["step"] == 1
+
+
+def test_torn_log_line_is_dropped_on_resume(images, tmp_path):
+    train(_config(images, tmp_path, steps=2, checkpoint_every=2))
+    with (tmp_path / "log.jsonl").open("a") as log:
+        log.write('{"step": 3, "phase": "tr')  # killed mid-write, after the checkpoint of step 2
+    train(_config(images, tmp_path, steps=3))
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+
+
+def _png16(path: Path, kind: int, samples: list[int], width: int) -> None:
+    """A 16-bit PNG of colour type ``kind`` (0 grey, 2 RGB, 4 grey and alpha), one row."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", width, 1, 16, kind, 0, 0, 0)
+    row = b"\x00" + struct.pack(f">{len(samples)}H", *samples)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row)) + chunk(b"IEND", b"")
+    path.write_bytes(png)
+
+
+def test_read_image_16_bit_and_other_modes(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    _png16(tmp_path / "grey16.png", 0, [0, 32768, 65535], 3)
+    expected = torch.tensor([0, 32768, 65535]) / 65535
+    with pil.open(tmp_path / "grey16.png") as file:
+        assert file.mode in ("I;16", "I")  # I: Pillow before 10.4
+    assert torch.equal(read_image(tmp_path / "grey16.png"), expected.view(1, 1, 3).expand(3, 1, 3))
+    # Big-endian 16-bit (TIFF), 32-bit integers as 16-bit data, floats in [0, 1]: each clipped.
+    pil.frombytes("I;16B", (3, 1), struct.pack(">3H", 0, 32768, 65535)).save(tmp_path / "grey16b.tif")
+    assert torch.equal(read_image(tmp_path / "grey16b.tif")[0, 0], expected)
+    pil.frombytes("I", (3, 1), struct.pack("=3i", -5, 32768, 70000)).save(tmp_path / "int32.tif")
+    assert torch.equal(read_image(tmp_path / "int32.tif")[0, 0], torch.tensor([0, 32768 / 65535, 1]))
+    pil.frombytes("F", (3, 1), struct.pack("=3f", -1, 0.25, 2)).save(tmp_path / "float.tif")
+    assert torch.equal(read_image(tmp_path / "float.tif")[0, 0], torch.tensor([0, 0.25, 1]))
+    # Alpha is dropped: the colours as stored, whatever their opacity (16-bit grey and alpha too).
+    _png16(tmp_path / "la16.png", 4, [65535, 0, 257, 65535], 2)
+    assert torch.equal(read_image(tmp_path / "la16.png")[:, 0], torch.tensor([[1.0, 1 / 255]] * 3))
+    pil.frombytes("RGBA", (1, 1), bytes([10, 20, 30, 0])).save(tmp_path / "rgba.png")
+    assert torch.equal(read_image(tmp_path / "rgba.png").flatten(), torch.tensor([10, 20, 30]) / 255)
+    palette = pil.new("P", (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255])
+    palette.putpixel((1, 0), 1)
+    palette.save(tmp_path / "palette.png", transparency=0)
+    assert torch.equal(read_image(tmp_path / "palette.png")[:, 0].T, torch.tensor([[1.0, 0, 0], [0, 0, 1]]))
+    pil.frombytes("CMYK", (1, 1), bytes([0, 255, 255, 0])).save(tmp_path / "cmyk.tif")
+    assert torch.equal(read_image(tmp_path / "cmyk.tif").flatten(), torch.tensor([1.0, 0, 0]))
+    pil.frombytes("L", (2, 1), bytes([0, 128])).save(tmp_path / "grey8.png")  # 8 bits: as before
+    assert torch.equal(read_image(tmp_path / "grey8.png")[:, 0, 1], torch.full((3,), 128 / 255))
+
+
+def test_read_mask_16_bit(tmp_path):
+    _png16(tmp_path / "mask16.png", 0, [0, 30000, 40000, 65535], 4)  # dark grey is nearer black
+    assert read_mask(tmp_path / "mask16.png").flatten().tolist() == [0, 0, 1, 1]
+    assert read_mask(tmp_path / "mask16.png", hole_value=255).flatten().tolist() == [1, 1, 0, 0]
+
+
+def test_unreadable_images_are_named(tmp_path):
+    (tmp_path / "garbage.png").write_text("garbage")
+    with pytest.raises(OSError, match=r"garbage\.png: not a readable image"):
+        read_image(tmp_path / "garbage.png")
+    with pytest.raises(OSError, match=r"garbage\.png: not a readable image"):
+        verify_images([tmp_path / "garbage.png"])
 
 
 def test_learning_rate_schedules():

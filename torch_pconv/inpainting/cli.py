@@ -1,5 +1,10 @@
 """``python -m torch_pconv inpaint train|eval|fill``: train (or fine-tune, or resume), evaluate
-per hole-ratio bucket, and fill one image of any size."""
+per hole-ratio bucket, and fill one image of any size.
+
+A mistake in the options (a missing folder or file, a size the network cannot take, a resume
+with other settings, ...) is answered with one line and exit status 2, before anything is
+written; an image or checkpoint that cannot be read, with one line and status 1; Ctrl-C, with
+one line (where the last checkpoint is) and status 130."""
 
 from __future__ import annotations
 
@@ -8,19 +13,33 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
+from ._deps import require
 from .data import list_images, read_image, read_mask, write_image
 from .evaluate import BASELINES, evaluate, evaluation_set
 from .masks import MaskFolder
 from .metrics import format_table
-from .model import inpaint
-from .train import SCHEDULES, TrainConfig, load_model, train
+from .model import PConvUNet, inpaint
+from .train import (
+    CHECKPOINT,
+    SCHEDULES,
+    CheckpointError,
+    TrainConfig,
+    UsageError,
+    load_model,
+    peek_checkpoint,
+    resolve_device,
+    train,
+)
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+_T = TypeVar("_T")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -59,23 +78,61 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    result = train(config)
+    checkpoint = Path(config.out) / CHECKPOINT
+    before = _modified(checkpoint)
+    try:
+        result = train(config)
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{_PROG} train: {_interrupted(checkpoint, before, config.resume)}", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"step {result['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "step"))
     return 0
 
 
+def _modified(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+def _interrupted(checkpoint: Path, before: int | None, resume: bool) -> str:
+    """What an interrupted run says: where its last checkpoint is, or that there is none."""
+    # A checkpoint of this run: one it wrote, or (resuming) the one it started from.
+    if _modified(checkpoint) is None or not (resume or _modified(checkpoint) != before):
+        return f"interrupted before this run wrote a checkpoint: nothing to resume from ({checkpoint} not written)"
+    try:
+        step = f"of step {peek_checkpoint(checkpoint)['step']}"
+    except CheckpointError:
+        step = "unreadable"
+    how = "the same command resumes from it" if resume else "run again without --no-resume to resume from it"
+    return f"interrupted; the last checkpoint ({step}) is {checkpoint}: {how}"
+
+
 def _eval(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint, args.device or "cpu") if args.checkpoint else None
+    if not args.checkpoint and not args.baselines:
+        raise UsageError("nothing to evaluate: give --checkpoint, --baselines, or both")
+    for option in ("size", "crops"):
+        if getattr(args, option) < 1:
+            raise UsageError(f"--{option} {getattr(args, option)}: must be at least 1")
+    _folder(args.images, "--images")
+    if args.masks:
+        _folder(args.masks, "--masks")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: a file, not a folder: name another --out")
+    device = resolve_device(args.device)
+    files = _found(args.images, "--images", list_images)
     masks = None
     if args.masks:
-        folder = MaskFolder(args.masks, args.size, hole_value=args.hole_value, augment=False)
+        folder = _found(
+            args.masks, "--masks", lambda root: MaskFolder(root, args.size, hole_value=args.hole_value, augment=False)
+        )
         masks = [folder[i] for i in range(len(folder))]
-    images, hole_masks = evaluation_set(list_images(args.images), args.size, args.crops, masks, args.seed)
+    model = _load_model(args.checkpoint, device) if args.checkpoint else None
+    images, hole_masks = evaluation_set(files, args.size, args.crops, masks, args.seed)
     baselines = BASELINES if args.baselines else None
     results = evaluate(model, images, hole_masks, baselines)
     print(format_table(results))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     with (out / "metrics.csv").open("w", newline="") as file:
@@ -89,12 +146,25 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _fill(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint, args.device or "cpu")
-    device = next(model.parameters()).device
-    image = read_image(args.image)[None].to(device)
-    mask = read_mask(args.mask, args.hole_value)[None].to(device)
+    for option in ("checkpoint", "image", "mask"):
+        _file(getattr(args, option), f"--{option}")
+    out = Path(args.out)
+    pil = require("PIL.Image")
+    format_ = pil.registered_extensions().get(out.suffix.lower())
+    if format_ is None or format_ not in pil.SAVE:
+        raise UsageError(f"--out {out}: Pillow writes no image format of suffix {out.suffix!r}: name a .png file")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: a folder, not an image file")
+    device = resolve_device(args.device)
+    image = read_image(args.image)[None]
+    mask = read_mask(args.mask, args.hole_value)[None]
     if mask.shape[-2:] != image.shape[-2:]:
-        raise SystemExit(f"fill: the mask is {tuple(mask.shape[-2:])}, the image {tuple(image.shape[-2:])}")
+        raise UsageError(
+            f"--mask {args.mask} is {_size(mask)} pixels, --image {args.image} {_size(image)}: "
+            "give a mask of the image's size"
+        )
+    model = _load_model(args.checkpoint, device)
+    image, mask = image.to(device), mask.to(device)
     with torch.no_grad():
         filled = inpaint(model, image, mask)
     write_image(args.out, filled[0])
@@ -102,8 +172,48 @@ def _fill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(image: torch.Tensor) -> str:
+    return f"{image.shape[-1]}x{image.shape[-2]}"
+
+
+def _load_model(path: str, device: torch.device) -> PConvUNet:
+    """The network of the checkpoint at ``path`` (checked first: a CheckpointError names a
+    file that is not one)."""
+    _file(path, "--checkpoint")
+    peek_checkpoint(path)
+    try:
+        return load_model(path, device)
+    except ValueError as error:  # its contents do not build the network they describe
+        raise CheckpointError(f"{path}: {error}") from error
+
+
+def _file(path: str, option: str) -> None:
+    if not Path(path).exists():
+        raise UsageError(f"{option} {path}: no such file")
+    if not Path(path).is_file():
+        raise UsageError(f"{option} {path}: not a file")
+
+
+def _folder(path: str, option: str) -> None:
+    if not Path(path).exists():
+        raise UsageError(f"{option} {path}: no such folder")
+    if not Path(path).is_dir():
+        raise UsageError(f"{option} {path}: a file, not a folder of images")
+
+
+def _found(root: str, option: str, find: Callable[[str], _T]) -> _T:
+    """What ``find`` finds under ``root``; a folder with no image is a UsageError."""
+    try:
+        return find(root)
+    except FileNotFoundError as error:
+        raise UsageError(f"{option} {root}: {error}") from None
+
+
+_PROG = "python -m torch_pconv inpaint"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m torch_pconv inpaint", description=__doc__)
+    parser = argparse.ArgumentParser(prog=_PROG, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     t = commands.add_parser("train", help="train a PConvUNet; resumes from OUT/checkpoint.pt if present")
@@ -164,15 +274,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub in (t, e, f):
         sub.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-        sub.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+        sub.add_argument("--device", help="torch device, such as cpu or cuda:1 (default: cuda if available, else cpu)")
         sub.add_argument("--hole-value", type=int, default=0, choices=(0, 255), help="mask value of holes (default: 0)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; the exit status: 0, 1 (a file that cannot be read or written), 2 (a usage
+    error; argparse's own exit with 2 too) or 130 (interrupted)."""
     args = build_parser().parse_args(argv)
-    result: int = args.run(args)
+    command = f"{_PROG} {args.command}"
+    try:
+        result: int = args.run(args)
+    except UsageError as error:
+        return _error(command, error, 2)
+    except (CheckpointError, OSError) as error:  # PIL's UnidentifiedImageError is an OSError
+        return _error(command, error, 1)
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
     return result
+
+
+def _error(command: str, error: Exception, status: int) -> int:
+    # One line: the last of a message that has several (an error raised in a DataLoader worker
+    # comes with the worker's traceback in its message).
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    print(f"{command}: error: {lines[-1] if lines else type(error).__name__}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

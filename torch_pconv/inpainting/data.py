@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,16 @@ from torch.utils.data import Dataset
 from ._deps import require
 from .masks import seeded
 
-__all__ = ["IMAGE_SUFFIXES", "InpaintingDataset", "list_images", "read_image", "read_mask", "save_grid", "write_image"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "InpaintingDataset",
+    "list_images",
+    "read_image",
+    "read_mask",
+    "save_grid",
+    "verify_images",
+    "write_image",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -27,23 +38,97 @@ def list_images(root: str | Path) -> list[Path]:
 
 
 def read_image(path: str | Path) -> Tensor:
-    """An image file as RGB floats in [0, 1]. Shape: ``(3, H, W)``."""
-    image = require("PIL.Image")
-    with image.open(path) as file:
-        rgb = file.convert("RGB")
-        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-        return data.view(rgb.height, rgb.width, 3).permute(2, 0, 1).float() / 255
+    """An image file as RGB floats in [0, 1], each mode at its own scale. Shape: ``(3, H, W)``.
+
+    8-bit modes (RGB, L, P, CMYK, YCbCr, ...) are converted to RGB by Pillow and divided by 255;
+    16-bit greyscale (``I;16``, ``I;16B``, ...; 16-bit PNG and TIFF) is divided by 65535, and so
+    is 32-bit integer greyscale (``I``, which older Pillow gives 16-bit PNGs), clipped to [0, 1];
+    float greyscale (``F``) is taken as [0, 1] and clipped. Greyscale is repeated over the three
+    channels. An alpha channel (RGBA, LA, PA, or a palette's transparency) is dropped: the colour
+    channels are read as stored, not composited over any background.
+
+    Raises:
+        OSError: the file is missing, not an image, damaged, or of a mode Pillow cannot convert;
+            the message names the file.
+    """
+    pil = require("PIL.Image")
+    try:
+        with pil.open(path) as file:
+            return _rgb(file)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as error:  # PIL.UnidentifiedImageError is an OSError
+        raise OSError(f"{path}: not a readable image ({error})") from error
 
 
 def read_mask(path: str | Path, hole_value: int = 0) -> Tensor:
     """A mask image as 1 (valid) and 0 (hole); ``hole_value`` (0 or 255) marks the holes, grey
-    levels go to the nearer of 0 and 255. Shape: ``(1, H, W)``."""
-    image = require("PIL.Image")
-    with image.open(path) as file:
-        grey = file.convert("L")
-        data = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(1, grey.height, grey.width)
-    white = data >= 128
+    levels go to the nearer of black and white (16-bit masks at their own scale, as in
+    :func:`read_image`; colour masks by their luma; an alpha channel is ignored).
+    Shape: ``(1, H, W)``."""
+    pil = require("PIL.Image")
+    try:
+        with pil.open(path) as file:
+            if file.mode in _HIGH_BIT:
+                white = _grey(file) >= 0.5
+            else:
+                grey = file.convert("L")
+                white = _bytes(grey, 1)[None, :, :, 0] >= 128
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as error:
+        raise OSError(f"{path}: not a readable mask image ({error})") from error
     return (white if hole_value == 0 else ~white).float()
+
+
+def verify_images(paths: Sequence[str | Path]) -> None:
+    """Check that every file opens as an image and passes Pillow's ``verify()`` (for PNG, the
+    checksums of every chunk: a truncated or damaged file fails), without decoding the pixels.
+
+    Raises:
+        OSError: naming the first file that fails, in the order given.
+    """
+    pil = require("PIL.Image")
+    for path in paths:
+        try:
+            with pil.open(path) as file:
+                file.verify()
+        except (OSError, ValueError, SyntaxError) as error:  # some plugins raise SyntaxError on bad data
+            raise OSError(f"{path}: not a readable image ({error}); remove or replace it") from error
+
+
+# Greyscale modes of more than 8 bits, which Pillow's convert("RGB") or ("L") would clip.
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_HIGH_BIT = (*_SIXTEEN_BIT, "I", "F")
+
+
+def _bytes(image: Any, channels: int) -> Tensor:
+    """The bytes of an 8-bit image as ``(H, W, channels)`` uint8."""
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.height, image.width, channels)
+
+
+def _grey(image: Any) -> Tensor:
+    """A greyscale image of more than 8 bits as floats in [0, 1]. Shape: ``(1, H, W)``."""
+    height, width = image.height, image.width
+    if image.mode in _SIXTEEN_BIT:
+        pairs = _bytes(image, 2).int()
+        big = image.mode == "I;16B" or (image.mode == "I;16N" and sys.byteorder == "big")
+        values = pairs[..., 0] * 256 + pairs[..., 1] if big else pairs[..., 1] * 256 + pairs[..., 0]
+        return (values.float() / 65535)[None]
+    if image.mode == "I":  # 32-bit integers in the machine's order, taken as 16-bit data
+        ints = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.int32).view(1, height, width)
+        return (ints.double() / 65535).clamp(0, 1).float()
+    floats = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.float32).view(1, height, width)
+    return floats.nan_to_num(0.0).clamp(0, 1)
+
+
+def _rgb(image: Any) -> Tensor:
+    if image.mode in _HIGH_BIT:
+        return _grey(image).expand(3, -1, -1).contiguous()
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # what Pillow asks for palette transparency; the alpha is dropped next
+    rgb = image.convert("RGB")
+    return _bytes(rgb, 3).permute(2, 0, 1).float() / 255
 
 
 def write_image(path: str | Path, image: Tensor) -> None:

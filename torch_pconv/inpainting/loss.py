@@ -3,8 +3,10 @@ total variation, every L1 term size-averaged (a mean over elements), as the auth
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,12 +96,15 @@ def gram_matrix(features: Tensor) -> Tensor:
 
 
 def hole_border(mask: Tensor) -> Tensor:
-    """The hole region dilated by one pixel (8-neighbourhood): 1 there, 0 elsewhere.
+    """The hole region dilated by one pixel (8-neighbourhood): 1 there, 0 elsewhere. With a
+    multi-channel mask the hole region is the union of the channels' holes (a pixel is a hole
+    if any channel is), as the paper's single-channel mask has it.
 
     Shape:
-        - mask: ``(B, 1, H, W)``, 1 valid, 0 hole; output: the same
+        - mask: ``(B, 1, H, W)`` or ``(B, C, H, W)``, 1 valid, 0 hole; output: ``(B, 1, H, W)``
     """
-    return F.max_pool2d(1 - mask, kernel_size=3, stride=1, padding=1)
+    holes = (1 - mask).amax(dim=1, keepdim=True)
+    return F.max_pool2d(holes, kernel_size=3, stride=1, padding=1)
 
 
 def total_variation(image: Tensor, region: Tensor) -> Tensor:
@@ -125,6 +130,11 @@ class InpaintingLoss(nn.Module):
     I_gt's; L_style sums the mean absolute error between Gram matrices (:func:`gram_matrix`);
     L_tv is :func:`total_variation` of I_comp over :func:`hole_border`.
 
+    Everything is computed in float32 with autocast off, whatever autocast chose for the
+    network (its output is cast up), the feature extractor and the Gram matrices included: in
+    float16 large activations overflow the Gram matrices (a NaN style term), and in bfloat16
+    the style term moved by 1e-3 (relative).
+
     Args:
         extractor: a module returning a list of feature maps; None skips the perceptual and style
             terms (reported as 0). Build the paper's with ``VGG16Features("cache")`` or a path.
@@ -135,7 +145,8 @@ class InpaintingLoss(nn.Module):
         tv (float): weight of the total variation term. Default: 0.1
 
     Shape:
-        - output, target: ``(B, C, H, W)``; mask: ``(B, 1, H, W)``, 1 valid, 0 hole
+        - output, target: ``(B, C, H, W)``; mask: ``(B, 1, H, W)`` or ``(B, C, H, W)``, 1 valid,
+          0 hole (the TV region is the dilated union of the channels' holes)
         - returns a dict of scalars: ``valid``, ``hole``, ``perceptual``, ``style_out``,
           ``style_comp``, ``tv`` (unweighted) and ``total`` (weighted sum, to backpropagate)
     """
@@ -154,11 +165,16 @@ class InpaintingLoss(nn.Module):
         self.weights = {"valid": valid, "hole": hole, "perceptual": perceptual, "style": style, "tv": tv}
 
     def forward(self, output: Tensor, target: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        # Compute in float32 whatever autocast chose for the network: Gram matrices overflow
+        # float16, and sums of small differences lose too much in half precision. Casting the
+        # inputs is not enough: under autocast the extractor's convolutions and the Gram
+        # matrices' bmm would run in half precision again.
+        with _autocast_off(output.device.type):
+            return self._terms(output.float(), target.float(), mask.float())
+
+    def _terms(self, output: Tensor, target: Tensor, mask: Tensor) -> dict[str, Tensor]:
         if mask.dim() == 3:
             mask = mask.unsqueeze(1)
-        # Compute in float32 whatever autocast chose for the network: Gram matrices and sums of
-        # small differences lose too much in half precision.
-        output, target, mask = output.float(), target.float(), mask.float()
         comp = mask * target + (1 - mask) * output
         zero = output.new_zeros(())
         terms = {
@@ -192,3 +208,12 @@ class InpaintingLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={value}" for name, value in self.weights.items())
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast disabled for ``device_type``; nothing to disable where this torch has no autocast
+    for it (torch 2.1 refuses ``torch.autocast("mps")``)."""
+    try:
+        return torch.autocast(device_type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()

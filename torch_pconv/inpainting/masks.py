@@ -208,9 +208,16 @@ class MaskFolder(Dataset[Tensor]):
 
 
 def _rotate(holes: Tensor, angle: float) -> Tensor:
-    """Rotate a hole map about its centre (nearest neighbour; what comes from outside is valid)."""
+    """Rotate a hole map about its centre by ``angle`` radians in pixel space (nearest neighbour;
+    what comes from outside is valid).
+
+    ``affine_grid`` works in coordinates normalised to [-1, 1] on each axis, in which a rotation
+    of a non-square map would stretch it (a 10×10 hole in a 24×32 map came out 6×16 at 90°);
+    the rotation is conjugated by the scaling to pixels: ``x_n = x / (W/2)``, ``y_n = y / (H/2)``.
+    """
     cos, sin = math.cos(angle), math.sin(angle)
-    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]]).unsqueeze(0)
+    height, width = holes.shape[-2:]
+    theta = torch.tensor([[cos, -sin * height / width, 0.0], [sin * width / height, cos, 0.0]]).unsqueeze(0)
     grid = F.affine_grid(theta, [1, *holes.shape], align_corners=False)
     return F.grid_sample(holes[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
 

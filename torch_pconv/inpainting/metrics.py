@@ -13,9 +13,13 @@ from torch import Tensor
 from ._deps import require
 from .masks import BUCKETS, bucket_of, hole_ratio
 
-__all__ = ["METRICS", "BucketMetrics", "format_table", "hole_l1", "l1", "psnr", "ssim"]
+__all__ = ["METRICS", "PSNR_MAX", "BucketMetrics", "format_table", "hole_l1", "l1", "psnr", "ssim"]
 
 METRICS = ("l1", "hole_l1", "psnr", "ssim")
+# The highest PSNR reported, in dB: that of an MSE of 1e-10 (for a data range of 1). Equal
+# images, whose PSNR is inf, score this, so that every image counts in a bucket's mean PSNR
+# with a finite value.
+PSNR_MAX = 100.0
 
 
 def l1(output: Tensor, target: Tensor) -> Tensor:
@@ -32,11 +36,12 @@ def hole_l1(output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 def psnr(output: Tensor, target: Tensor) -> Tensor:
-    """Peak signal-to-noise ratio of each image, in dB, for a data range of 1 (inf if equal).
+    """Peak signal-to-noise ratio of each image, in dB, for a data range of 1, capped at
+    :data:`PSNR_MAX` (100 dB; equal images would otherwise score inf).
 
     Shape: ``(B, C, H, W)`` twice -> ``(B,)``."""
     mse = (output - target).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1 / mse)
+    return (10 * torch.log10(1 / mse)).clamp_max(PSNR_MAX)
 
 
 def ssim(output: Tensor, target: Tensor) -> Tensor:
@@ -56,7 +61,9 @@ def ssim(output: Tensor, target: Tensor) -> Tensor:
 class BucketMetrics:
     """Per-image metrics of composites, gathered per hole-ratio bucket of :data:`BUCKETS`.
 
-    ``update`` takes a batch; ``rows`` gives one row per bucket that saw images, and ``all``.
+    ``update`` takes a batch; ``rows`` gives one row per bucket that saw images, and ``all``:
+    the mean of each metric over every image counted in ``images`` (a perfect fill's PSNR
+    counts as :data:`PSNR_MAX`).
     """
 
     def __init__(self) -> None:
@@ -103,5 +110,6 @@ def format_table(results: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def _mean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]  # a perfect PSNR is inf: leave it out of the mean
-    return sum(finite) / len(finite) if finite else math.inf
+    # Every image counts: a perfect PSNR is PSNR_MAX, not inf, and a NaN (a NaN in the output)
+    # shows in the mean rather than being dropped from it.
+    return math.fsum(values) / len(values)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -102,14 +103,11 @@ class PConvUNet(nn.Module):
         fine_tune: bool = False,
     ) -> None:
         super().__init__()
+        _check_arguments(layers, in_channels, widths, kernels)
         if widths is None:
             widths = _paper(PAPER_WIDTHS, layers)
         if kernels is None:
             kernels = _paper(PAPER_KERNELS, layers)
-        if not len(widths) == len(kernels) == layers or layers < 1:
-            raise ValueError(
-                f"PConvUNet: layers={layers} needs as many widths and kernels, got {len(widths)} and {len(kernels)}"
-            )
         self.layers, self.in_channels, self.batch_norm = layers, in_channels, batch_norm
         self.widths, self.kernels = tuple(widths), tuple(kernels)
         channels = (in_channels, *widths)
@@ -211,6 +209,33 @@ def inpaint(model: PConvUNet, image: Tensor, mask: Tensor) -> Tensor:
     padded_mask = F.pad(mask, (0, pad_w, 0, pad_h))  # the padding is a hole: it carries nothing
     output: Tensor = model(padded, padded_mask)[..., :height, :width]
     return torch.where(valid, image, output)
+
+
+def _check_arguments(
+    layers: int, in_channels: int, widths: Sequence[int] | None, kernels: Sequence[int] | None
+) -> None:
+    """Arguments the forward would fail on deep inside torch, refused with what is expected."""
+
+    def integer(value: object) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if not integer(layers) or layers < 1:
+        raise ValueError(f"PConvUNet: layers must be a positive integer (the encoder depth), got {layers!r}")
+    if not integer(in_channels) or in_channels < 1:
+        raise ValueError(f"PConvUNet: in_channels must be a positive integer, got {in_channels!r}")
+    for name, values in (("widths", widths), ("kernels", kernels)):
+        if values is not None and len(values) != layers:
+            raise ValueError(
+                f"PConvUNet: layers={layers} needs {layers} {name}, one per encoder layer, got {len(values)}: "
+                f"{tuple(values)}"
+            )
+    if widths is not None and not all(integer(w) and w >= 1 for w in widths):
+        raise ValueError(f"PConvUNet: widths must be positive integers (channels), got {tuple(widths)}")
+    if kernels is not None and not all(integer(k) and k >= 1 and k % 2 == 1 for k in kernels):
+        raise ValueError(
+            f"PConvUNet: kernels must be odd positive integers (padded by k // 2, a stride-2 layer halves its "
+            f"input only with an odd kernel), got {tuple(kernels)}"
+        )
 
 
 def _paper(values: tuple[int, ...], layers: int) -> tuple[int, ...]:

@@ -9,8 +9,11 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import random
+import re
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..quirks import cuda_grad_scaler
-from .data import InpaintingDataset, list_images, save_grid
+from .data import InpaintingDataset, list_images, save_grid, verify_images
 from .loss import InpaintingLoss, VGG16Features
 from .masks import MaskFolder, MaskGenerator, seeded
 from .model import PConvUNet
@@ -29,17 +32,32 @@ from .model import PConvUNet
 __all__ = [
     "CHECKPOINT",
     "SCHEDULES",
+    "CheckpointError",
     "TrainConfig",
+    "UsageError",
     "build_model",
+    "check_resume",
     "learning_rate",
     "load_checkpoint",
     "load_model",
+    "peek_checkpoint",
+    "resolve_device",
     "save_checkpoint",
     "train",
 ]
 
 CHECKPOINT = "checkpoint.pt"
 SCHEDULES = ("constant", "cosine")
+
+
+class UsageError(ValueError):
+    """A setting that cannot work, or a file or folder named by one that is not there, found
+    before a run writes anything; the message names the setting and what to do. The command
+    line answers it in one line, with exit status 2."""
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint written by :func:`save_checkpoint`, or a damaged one."""
 
 
 @dataclass
@@ -83,9 +101,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"TrainConfig: schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise UsageError(f"TrainConfig: schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.mask_pool is not None and self.masks is not None:
-            raise ValueError(
+            raise UsageError(
                 "TrainConfig: mask_pool pools generated masks; with a mask folder (masks=...), leave it None"
             )
 
@@ -106,20 +124,30 @@ def save_checkpoint(
     config: TrainConfig,
     scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Write everything a resume needs, atomically: model, optimiser, scaler, step and the RNG states."""
+    """Write everything a resume needs, atomically: model, optimiser, scaler, step and the RNG states.
+
+    The file holds tensors and plain values (dicts, lists, tuples, strings, numbers, None) only,
+    so that :func:`load_checkpoint` and :func:`load_model` read it with
+    ``torch.load(weights_only=True)``, which runs no code, on every supported torch."""
     path = Path(path)
+    version, python_state, gauss_next = random.getstate()
     state = {
         "model": _unwrap(model).state_dict(),
-        "model_args": config.model_args(),
+        "model_args": _plain(config.model_args()),
         "fine_tune": _unwrap(model).fine_tune,
         "optimizer": optimizer.state_dict(),
         "scaler": None if scaler is None else scaler.state_dict(),
         "step": step,
-        "config": dataclasses.asdict(config),
+        "config": _plain(dataclasses.asdict(config)),
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python": random.getstate(),
+            # Python's Mersenne Twister: 624 words and a position, as int64 (the words are uint32).
+            "python": {
+                "version": version,
+                "state": torch.tensor(python_state, dtype=torch.int64),
+                "gauss_next": gauss_next,
+            },
         },
     }
     partial = path.with_suffix(".tmp")
@@ -133,8 +161,11 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> int:
-    """Restore a checkpoint written by :func:`save_checkpoint`; returns its step."""
-    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds Python RNG state
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns its step.
+
+    Read with ``torch.load(weights_only=True)``: a file that holds anything but tensors and
+    plain values is refused (a :class:`CheckpointError`) before any of it runs."""
+    state = _read_checkpoint(path)
     inner = _unwrap(model)
     own = {name: tuple(value.shape) for name, value in inner.state_dict().items()}
     if own != {name: tuple(value.shape) for name, value in state["model"].items()}:
@@ -153,14 +184,20 @@ def load_checkpoint(
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    random.setstate(state["rng"]["python"])
+    python = state["rng"]["python"]
+    if isinstance(python, dict):
+        random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
+    else:  # checkpoints written before the int64 tensor: random.getstate()'s tuple of ints
+        random.setstate(tuple(python))
     step: int = state["step"]
     return step
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> PConvUNet:
-    """The network of a checkpoint, in eval mode, for evaluation and filling."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """The network of a checkpoint, in eval mode, for evaluation and filling.
+
+    Read with ``torch.load(weights_only=True)``, as :func:`load_checkpoint` reads it."""
+    state = _read_checkpoint(path)
     model = build_model(state["model_args"])
     if state["fine_tune"]:
         model.freeze_encoder_bn()
@@ -168,36 +205,85 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> PConvUNe
     return model.to(device).eval()
 
 
+# What a checkpoint of save_checkpoint holds, at least.
+_CHECKPOINT_ENTRIES = ("model", "model_args", "fine_tune", "step", "config")
+
+
+def _read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's contents, read with ``weights_only=True``: tensors and plain values only,
+    nothing that unpickling could run. ``mmap``: tensors are read only when used.
+
+    Raises:
+        CheckpointError: the file is not such a checkpoint, is damaged, or holds other objects.
+        FileNotFoundError: there is no file at ``path``."""
+    what = f"{path} is not a checkpoint of `inpaint train`"
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"{what}: not a file written by torch.save")
+    try:
+        # A str: torch 2.1 memory-maps only a file named by one.
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"WeightsUnpickler error: (.*?)(?:\.\s|\n|$)", str(error))
+        raise CheckpointError(
+            f"{path}: refused to load this checkpoint: it holds objects other than tensors and plain values "
+            f"({found.group(1) if found else error}), and unpickling them could run any code. Checkpoints "
+            "written by torch_pconv hold none. Load only files from a source you trust. One written by an "
+            "older torch_pconv from a TrainConfig holding pathlib paths holds Path objects: if you wrote it "
+            "yourself, load it once with torch.load(path, weights_only=False), replace the paths in its "
+            "'config' by strings, and torch.save it again."
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{what}, or is damaged ({type(error).__name__}: {_first_line(error)})") from None
+    missing = [key for key in _CHECKPOINT_ENTRIES if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{what}: it lacks {', '.join(missing)}")
+    assert isinstance(state, dict)
+    return state
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with paths as strings: a checkpoint holds plain values only (see :func:`save_checkpoint`)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the two phases; returns the last step's loss terms, the step and the
     seconds spent. Under ``torchrun`` every process runs this; only rank 0 writes files."""
     rank, world, device = _setup(config)
     out = Path(config.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    # Whatever can be found wrong is found before the first file is written: the settings, the
+    # data (every image opens), and a checkpoint to resume that was written with other settings.
+    _check_settings(config, device)
+    dataset = _checked_dataset(config, rank, world)
+    resume = config.resume and (out / CHECKPOINT).is_file()
+    if resume:
+        check_resume(out / CHECKPOINT, config)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model = build_model(config.model_args()).to(device)
     if config.sync_bn:
-        if device.type != "cuda":
-            raise ValueError("--sync-bn: SyncBatchNorm runs on CUDA only")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
     loss_fn = _build_loss(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scaler = cuda_grad_scaler(enabled=config.amp and device.type == "cuda")
     step = 0
-    if config.resume and (out / CHECKPOINT).is_file():
-        step = load_checkpoint(out / CHECKPOINT, model, optimizer, scaler)
-    dataset = _build_dataset(config)
+    if resume:
+        try:
+            step = load_checkpoint(out / CHECKPOINT, model, optimizer, scaler)
+        except ValueError as error:  # a damaged checkpoint, whose settings read as this run's
+            raise CheckpointError(str(error)) from error
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     sampler: DistributedSampler[Any] = DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True
     )
     steps_per_epoch = len(sampler) // config.batch
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(dataset)} samples per epoch over {world} process(es) make no batch of {config.batch}: "
-            "raise --samples-per-epoch or lower --batch"
-        )
     total = config.steps + config.fine_tune_steps
     bar = _progress(total, step, enabled=config.progress and rank == 0)
     log = _open_log(out / "log.jsonl", step) if rank == 0 else None
@@ -253,6 +339,198 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * warmup * 0.5 * (1 + math.cos(math.pi * step / config.steps))
 
 
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """The torch device ``name`` names; None: CUDA (device ``local_rank``) if available, else
+    the CPU. A plain ``cuda`` is device ``local_rank`` (this process's, under torchrun).
+
+    Raises:
+        UsageError: not a device name, or a device this machine lacks."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UsageError(f"--device {name}: not a torch device ({_first_line(error)})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {name}: this torch build ({torch.__version__}) sees no CUDA device: "
+                "pass --device cpu, or leave --device out"
+            )
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {name}: no CUDA device {device.index} (this machine has {torch.cuda.device_count()})"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: this machine or torch build has no MPS device: pass --device cpu")
+    return device
+
+
+def peek_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The contents of a checkpoint written by :func:`save_checkpoint`, memory-mapped (cheap:
+    tensors are read only when used), for its step and settings. Read with
+    ``weights_only=True``: nothing in the file runs.
+
+    Raises:
+        CheckpointError: the file is not such a checkpoint, or is damaged."""
+    return _read_checkpoint(path, mmap=True)
+
+
+# The settings a resume may change: where and how often a run reports and saves, where it runs,
+# and how it loads its data (none changes what it computes). `steps` and `fine_tune_steps` may
+# grow (see _resume_differences).
+_FREE_ON_RESUME = frozenset(
+    {"out", "resume", "workers", "log_every", "grid_every", "checkpoint_every", "progress", "device", "cache_images"}
+)
+_PATHS = frozenset({"images", "masks", "vgg"})
+
+
+def check_resume(path: str | Path, config: TrainConfig) -> None:
+    """Refuse to resume from the checkpoint at ``path`` a run whose settings differ from the
+    stored ones, but for those that only change how a run is observed, saved or loaded
+    (``workers``, ``log_every``, ``grid_every``, ``checkpoint_every``, ``progress``, ``device``,
+    ``cache_images``) and a longer run: more ``steps`` (while the checkpoint is still in the
+    first phase) or more ``fine_tune_steps``.
+
+    Raises:
+        UsageError: naming every difference, stored value and given one.
+        CheckpointError: ``path`` is not a checkpoint."""
+    state = peek_checkpoint(path)
+    differences = _resume_differences(state["config"], config, int(state["step"]), bool(state["fine_tune"]))
+    if differences:
+        raise UsageError(
+            f"{path} was written with other settings: {'; '.join(differences)}. Resume with the stored "
+            "settings, train into another --out, or start afresh with --no-resume (which overwrites it)"
+        )
+
+
+def _resume_differences(stored: dict[str, Any], config: TrainConfig, step: int, fine_tune: bool) -> list[str]:
+    differences = []
+    for field in dataclasses.fields(TrainConfig):
+        name = field.name
+        if name in _FREE_ON_RESUME:
+            continue
+        given = getattr(config, name)
+        if name in stored:
+            old = stored[name]
+        elif field.default is not dataclasses.MISSING:  # a setting added since: the run had its default
+            old = field.default
+        else:
+            old = field.default_factory() if field.default_factory is not dataclasses.MISSING else given
+        if _same_setting(name, old, given):
+            continue
+        option = {"weights": "loss weights", "batch_norm": "batch_norm"}.get(name, f"--{name.replace('_', '-')}")
+        difference = f"{option}: {old!r} stored, {given!r} given"
+        if name in ("steps", "fine_tune_steps") and isinstance(old, int) and isinstance(given, int):
+            if given > old and (name == "fine_tune_steps" or not (fine_tune or step > old)):
+                continue  # a longer run
+            if given < old:
+                difference += " (a resume may lengthen a run, not shorten it)"
+            else:
+                difference += f" (the checkpoint, of step {step}, is past the first phase: it can no longer grow)"
+        differences.append(difference)
+    return differences
+
+
+def _same_setting(name: str, old: Any, given: Any) -> bool:
+    if isinstance(old, list):
+        old = tuple(old)
+    if isinstance(given, list):
+        given = tuple(given)
+    if name in _PATHS and old != "cache" and given != "cache" and old is not None and given is not None:
+        return bool(os.path.realpath(old) == os.path.realpath(given))
+    return bool(old == given)
+
+
+def _check_settings(config: TrainConfig, device: torch.device) -> None:
+    """Raise a UsageError for settings that cannot work (files and folders aside)."""
+    at_least = {"size": 1, "batch": 1, "steps": 0, "fine_tune_steps": 0, "layers": 1, "warmup_steps": 0}
+    at_least |= {"workers": 0, "log_every": 1, "grid_every": 1, "checkpoint_every": 1}
+    at_least |= {"samples_per_epoch": 1, "mask_pool": 1}
+    for name, low in at_least.items():
+        value = getattr(config, name)
+        if value is not None and value < low:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be at least {low}")
+    for name in ("lr", "fine_tune_lr"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be a finite number, 0 or more")
+    if config.hole_value not in (0, 255):
+        raise UsageError(f"--hole-value {config.hole_value}: must be 0 (black holes) or 255 (white holes)")
+    for name in ("widths", "kernels"):
+        values = getattr(config, name)
+        if values is None:
+            continue
+        if len(values) != config.layers:
+            raise UsageError(
+                f"--{name} {' '.join(map(str, values))}: {len(values)} values for --layers {config.layers}: "
+                "give one per layer"
+            )
+        if any(v < 1 for v in values) or (name == "kernels" and any(v % 2 == 0 for v in values)):
+            need = "odd numbers, 1 or more" if name == "kernels" else "1 or more"
+            raise UsageError(f"--{name} {' '.join(map(str, values))}: must be {need}")
+    multiple = 2**config.layers
+    if config.size % multiple:
+        below, above = config.size - config.size % multiple, config.size + multiple - config.size % multiple
+        sizes = f"{below} or {above}" if below else str(above)
+        raise UsageError(
+            f"--size {config.size}: --layers {config.layers} halves the crops {config.layers} times, so the size "
+            f"must be a multiple of {multiple}: try {sizes}, or fewer --layers"
+        )
+    if config.sync_bn and device.type != "cuda":
+        raise UsageError(f"--sync-bn: SyncBatchNorm runs on CUDA only, and this run's device is {device}")
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise UsageError(f"--out {config.out}: a file, not a folder: name another --out")
+
+
+def _checked_dataset(config: TrainConfig, rank: int, world: int) -> InpaintingDataset:
+    """The training set, once its folders are found, its batches fit, and every image and mask
+    file opens (this process checks its share of them): a damaged file stops the run now,
+    named, rather than at its batch, on every resume."""
+    images = _files(config.images, "--images", list_images)
+    if config.masks is not None:
+        _files(config.masks, "--masks", lambda root: MaskFolder(root).files)
+    dataset = _build_dataset(config, images)
+    per_process = len(dataset) // world
+    if per_process < config.batch:
+        samples = (
+            f"{len(dataset)} samples (--samples-per-epoch)"
+            if config.samples_per_epoch is not None
+            else f"{len(dataset)} samples (one per image)"
+        )
+        processes = f" shared by {world} processes, {per_process} each" if world > 1 else ""
+        raise UsageError(
+            f"--batch {config.batch}: more than an epoch's {samples}{processes}: "
+            "lower --batch or raise --samples-per-epoch"
+        )
+    files: list[Path] = list(images)
+    if isinstance(dataset.masks, MaskFolder):
+        files += dataset.masks.files
+    verify_images(files[rank::world])
+    return dataset
+
+
+def _files(root: str, option: str, find: Any) -> list[Path]:
+    """The image files ``find`` lists under the folder ``root``, or a UsageError naming ``option``."""
+    if not Path(root).exists():
+        raise UsageError(f"{option} {root}: no such folder")
+    if not Path(root).is_dir():
+        raise UsageError(f"{option} {root}: a file, not a folder of images")
+    try:
+        files: list[Path] = find(root)
+    except FileNotFoundError as error:
+        raise UsageError(f"{option} {root}: {_first_line(error)}") from None
+    return files
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's message, on one line (the last non-empty line of a multi-line one)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def _step(
     model: nn.Module,
     loss_fn: InpaintingLoss,
@@ -295,8 +573,7 @@ def _build_loss(config: TrainConfig) -> InpaintingLoss:
     return InpaintingLoss(extractor, **config.weights)
 
 
-def _build_dataset(config: TrainConfig) -> InpaintingDataset:
-    images = list_images(config.images)
+def _build_dataset(config: TrainConfig, images: list[Path]) -> InpaintingDataset:
     masks: Dataset[Tensor]
     if config.masks is None:
         masks = MaskGenerator(config.size, length=100_000, seed=config.seed + 1, pool=config.mask_pool)
@@ -311,10 +588,7 @@ def _setup(config: TrainConfig) -> tuple[int, int, torch.device]:
     """Rank, world size and device; joins the process group under torchrun (WORLD_SIZE > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local)
+    device = resolve_device(config.device, local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
@@ -329,10 +603,23 @@ def _open_log(path: Path, step: int) -> TextIO:
     the steps it repeats."""
     kept = []
     if step and path.is_file():
-        kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= step]
+        for line in path.read_text(errors="replace").splitlines():
+            entry = _log_entry(line)
+            # A line that does not parse was torn: a run killed (or a disk filled) mid-write.
+            if entry is not None and entry["step"] <= step:
+                kept.append(line + "\n")
     file = path.open("w")
     file.writelines(kept)
     return file
+
+
+def _log_entry(line: str) -> dict[str, Any] | None:
+    """A line of the log as its dict, or None for a line that is not one (torn)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("step"), int) else None
 
 
 def _mean_over_processes(terms: dict[str, float], world: int) -> dict[str, float]:
