@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .. import reference
 from ..holes import random_holes
 from ..masks import MaskLayout
-from ..pconv import PConv2d
+from ..pconv import PartialConv2d, PConv2d
 from .configs import Config, Settings
 
 __all__ = [
@@ -47,7 +47,7 @@ class Impl:
     """One implementation under test, and the mask layout it is given."""
 
     name: str
-    kind: Literal["conv", "pconv", "nvidia", "v011", "baseline"]
+    kind: Literal["conv", "pconv", "drop_in", "nvidia", "v011", "baseline"]
     multi_channel: bool = False
     mask: MaskLayout = _SINGLE
     compiled: bool = False  # wrapped in torch.compile
@@ -63,6 +63,9 @@ IMPLS = [
     Impl("PConv2d multi_channel", "pconv", True, _MULTI),
     Impl("PConv2d", "pconv", False, _SINGLE),
     Impl("PConv2d (B,H,W) mask", "pconv", False, _SHARED),
+    # The drop-in returns a multi-channel mask of its own, as NVIDIA's does, which the next layer
+    # counts channel by channel: what a chain of them costs beyond PConv2d's expanded views.
+    Impl("PartialConv2d multi_channel", "drop_in", True, _MULTI),
     Impl(NVIDIA, "nvidia", True, _MULTI),
     Impl(NVIDIA_SINGLE, "nvidia", False, _SINGLE),
     Impl(V011, "v011", False, _SHARED),
@@ -92,6 +95,8 @@ def applicable(impl: Impl, config: Config, settings: Settings) -> str | None:
         return "compiled config only"
     if impl.kind == "pconv" and impl.mask is _SHARED and config.holes is None:
         return "with mask None it is the PConv2d row"
+    if impl.kind == "drop_in" and config.layers == 1:
+        return "one layer: the PConv2d multi_channel row (it differs in the mask it returns)"
     if impl.kind == "baseline" and settings.baseline is None:
         return "not given (--baseline PATH to another checkout)"
     if impl.kind != "v011":
@@ -140,6 +145,8 @@ def _layer(impl: Impl, in_channels: int, config: Config, settings: Settings) -> 
         return nn.Conv2d(*args, **kwargs)
     if impl.kind == "pconv":
         return PConv2d(*args, **kwargs, multi_channel=impl.multi_channel)
+    if impl.kind == "drop_in":
+        return PartialConv2d(*args, **kwargs, multi_channel=impl.multi_channel, return_mask=True)
     if impl.kind == "nvidia":
         return reference.PartialConv2d(*args, **kwargs, multi_channel=impl.multi_channel, return_mask=True)
     if impl.kind == "baseline":
