@@ -321,3 +321,8 @@ def test_module_list_children_are_converted():
     converted = convert(model)
     assert type(converted[0]) is torch_pconv.PartialConv2d and type(converted[1]) is nn.ReLU
     assert type(model[0]) is nn.Conv2d
+
+
+def test_convert_names_what_is_not_a_module():
+    with pytest.raises(TypeError, match=r"expected an nn\.Module, got str"):
+        convert("resnet18")  # type: ignore[arg-type]

@@ -88,6 +88,20 @@ def test_export_with_static_shapes_matches_eager(masked) -> None:
         assert torch.equal(update, expected[1])
 
 
+def test_export_from_an_expanded_mask_serves_any_mask() -> None:
+    """An expanded (stride-0) example mask must not fix the graph on the one-channel path: the
+    graph keeps no guard on strides, and a mask of C channels of its own must be counted in full."""
+    layer = PConv2d(3, 4, 3, padding=1, multi_channel=True).eval()
+    x = torch.randn(1, 3, 5, 5, generator=seeded(0))
+    program = torch.export.export(layer, (x, torch.ones(1, 1, 5, 5).expand(1, 3, 5, 5)))
+    mask = torch.ones(1, 3, 5, 5)
+    mask[:, 0, 1:4, 1:4] = 0
+    out, update = program.module()(x, mask)
+    expected, expected_update = layer(x, mask)
+    _assert_close(out, expected)
+    assert torch.equal(update, expected_update)
+
+
 @needs_dim
 def test_export_with_mask_input_matches_eager(tmp_path) -> None:
     net = _net()

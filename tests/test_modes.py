@@ -119,6 +119,29 @@ def test_nested_derivatives_in_input_and_weight(geometry, masked):
     _close(hessian(f_ours), hessian(f_ref))
 
 
+def _reverse_mode_jvp(f, mask: torch.Tensor, tangent: torch.Tensor) -> torch.Tensor:
+    """J · tangent of ``f`` at ``mask``, from the reverse-mode Jacobian: NVIDIA's derivative in the
+    mask is that of ``input * mask`` (its ratio is computed without grad, which forward-mode AD
+    would not honour: its own jvp in the mask differs from its own vjp)."""
+    jacobian = jacrev(f)(mask)
+    return (jacobian * tangent).sum(dim=tuple(range(-mask.dim(), 0)))
+
+
+@pytest.mark.parametrize("geometry", ["zeros", "reflect"])
+@pytest.mark.parametrize(("multi_channel", "mask_shape"), [(False, (2, 1, 5, 5)), (True, (2, 3, 5, 5))])
+def test_the_tangent_in_a_float_mask_is_the_derivative_of_input_times_mask(geometry, multi_channel, mask_shape):
+    import torch.autograd.forward_ad as fwad
+
+    ours, ref = _pair(geometry, multi_channel=multi_channel)
+    x, mask = image((2, 3, 5, 5), dtype=F64), _mask(F64, mask_shape)
+    tangent = torch.randn(mask.shape, generator=seeded(8), dtype=F64)
+    expected = _reverse_mode_jvp(lambda m: ref(x, m), mask, tangent)
+    _close(_reverse_mode_jvp(lambda m: ours(x, m), mask, tangent), expected)
+    _close(jvp(lambda m: ours(x, m), (mask,), (tangent,))[1], expected)
+    with fwad.dual_level():
+        _close(fwad.unpack_dual(ours(x, fwad.make_dual(mask, tangent))).tangent, expected)
+
+
 # --- A parametrized weight ------------------------------------------------------------------------
 
 
@@ -189,6 +212,11 @@ def test_an_input_batch_of_one_broadcasts_over_the_masks(geometry, multi_channel
     _close(grad, expected_grad)
 
 
+def test_an_empty_input_batch_under_a_mask_of_batch_one():
+    out, update = PConv2d(3, 4, 3, padding=1)(image((0, 3, 6, 6)), holes((1, 1, 6, 6)))
+    assert out.shape == (0, 4, 6, 6) and update.shape == (1, 1, 6, 6)
+
+
 def test_an_input_batch_of_one_broadcasts_over_a_3d_mask():
     layer = PConv2d(3, 4, 3, padding=1)
     out, update = layer(image((1, 3, 6, 6)), holes((3, 6, 6)))
@@ -212,3 +240,20 @@ def test_an_inference_tensor_as_a_training_input_raises_as_with_nn_conv2d():
     for call in (lambda: layer(x, mask), lambda: layer(x), lambda: conv(x)):
         with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"):
             call()
+
+
+def test_an_in_place_edit_of_the_mask_before_backward_raises():
+    layer = PConv2d(3, 4, 3, padding=1)
+    x, mask = image((2, 3, 6, 6)).requires_grad_(), holes((2, 1, 6, 6))
+    out, _ = layer(x, mask)
+    mask.zero_()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("setter", ["set_weight", "set_bias"])
+def test_the_setters_name_a_value_that_is_not_a_tensor(setter):
+    from torch_pconv import PConvError
+
+    with pytest.raises(PConvError, match=r"expected a torch\.Tensor, got NoneType"):
+        getattr(PConv2d(3, 4, 3), setter)(None)

@@ -58,6 +58,8 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         >>> net = torch_pconv.convert(resnet18())  # torchvision's: 17 of its 20 convs are padded
         >>> net.load_state_dict(torch.load("resnet18.pth"))  # a checkpoint of the plain model
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: expected an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
     return _swap(model, {})

@@ -56,8 +56,8 @@ def partial_conv(
     """The forward, as plain torch ops: what the Function computes, and what compilers, tracers,
     exporters and the paths the Function does not model record. ``conv(input, weight, bias)`` is
     the weight convolution (a layer's ``_conv_forward``, with its padding mode); ``masking`` is
-    :func:`~torch_pconv.masks.mask_input` (differentiable in every mode), or its bit-operation
-    twin in the Function's forward.
+    :func:`~torch_pconv.masks.mask_input` (differentiable in the input in every mode), its twin
+    for a mask that carries a derivative, or its bit-operation twin in the Function's forward.
 
     Shape:
         input ``(B, C_in, *S)``; mask ``None`` (all valid) or broadcastable to the input;

@@ -38,6 +38,7 @@ __all__ = [
     "count_dtype",
     "mask_input",
     "mask_input_constant",
+    "mask_input_differentiable_mask",
     "ratio_and_update",
     "read_layout",
     "valid_count",
@@ -189,22 +190,23 @@ def _like_input_layout(mask: Tensor, input: Tensor) -> Tensor:
 def mask_input(input: Tensor, mask: Tensor) -> Tensor:
     """``input * mask``, except that what lies under a 0 never gets through, not even NaN or inf.
 
-    Differentiable in every mode (reverse and forward AD, ``torch.func`` transforms, compilers):
-    the input's gradient and tangent are masked alike. A float mask that requires grad gets
-    NVIDIA's gradient, that of ``input * mask`` (where the input is finite).
+    Differentiable in the input in every mode (reverse and forward AD, ``torch.func`` transforms,
+    compilers); the mask is a constant (see :func:`mask_input_differentiable_mask`).
 
     Shape:
         mask: broadcastable to ``input``; float (0/1 or fractional), bool, or integer (nonzero is valid).
     """
     mask = _like_input_layout(mask, input)
-    keep = _keep(mask)
-    if mask.is_floating_point() and mask.requires_grad:
-        # d/d mask of input * mask is the input, under holes too; the forward there is 0 even
-        # where the input is not finite.
-        mask = mask.to(input.dtype)
-        return torch.where(keep, input * mask, input.nan_to_num(0.0, 0.0, 0.0) * mask)
-    masked = torch.where(keep, input, 0)
+    masked = torch.where(_keep(mask), input, 0)
     return masked * mask.to(input.dtype) if mask.is_floating_point() else masked
+
+
+def mask_input_differentiable_mask(input: Tensor, mask: Tensor) -> Tensor:
+    """:func:`mask_input` for a float mask that carries a derivative (requires grad, or a tangent):
+    the mask's derivative is NVIDIA's, that of ``input * mask``, under holes too (where the input
+    is finite), while the forward there is 0 even where the input is not finite."""
+    mask = _like_input_layout(mask, input).to(input.dtype)
+    return torch.where(_keep(mask), input * mask, input.nan_to_num(0.0, 0.0, 0.0) * mask)
 
 
 def mask_input_constant(input: Tensor, mask: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
 from torch.nn.modules.conv import _ConvNd
 
@@ -16,6 +17,7 @@ from .masks import (
     channels_per_pixel,
     check_input,
     count_dtype,
+    mask_input_differentiable_mask,
     ratio_and_update,
     read_layout,
     valid_count,
@@ -173,6 +175,24 @@ def _cacheable(input: Tensor) -> bool:
     )
 
 
+def _one_channel_for_all(mask: Tensor) -> bool:
+    """Whether ``mask`` (B, C, *S) is one channel expanded (a stride-0 channel dimension), which
+    only the tensor itself proves: a tag or a version count is not, since ``.data`` and numpy
+    writes leave no trace. Not under a tracer or exporter, whose graph keeps no guard on strides
+    and would serve a mask of C channels of its own the path of one."""
+    return mask.stride(1) == 0 and not compiling_or_tracing()
+
+
+def _carries_derivative(tensor: Tensor) -> bool:
+    """Whether a derivative may flow to ``tensor``: it requires grad (with grad on), or it may
+    carry a forward-mode tangent (a dual tensor, or any tensor under a torch.func transform)."""
+    if tensor.requires_grad and torch.is_grad_enabled():
+        return True
+    if compiling_or_tracing():  # what a compiler sees of a tangent is requires_grad
+        return False
+    return functorch_transform_active() or forward_ad.unpack_dual(tensor).tangent is not None  # type: ignore[no-untyped-call]
+
+
 class _PartialConvNd(_ConvNd):
     """The partial logic of PConv1d/2d/3d, written once. Not a layer on its own."""
 
@@ -205,19 +225,20 @@ class _PartialConvNd(_ConvNd):
         weight, bias = self.weight, self.bias
         check_input(input, len(self.kernel_size), self.in_channels, weight.dtype)
         mask: Tensor | None = None
+        differentiable = False
         if mask_in is None:
             layout = MaskLayout.NONE
             ratio, update = self._padding_ratio(input)
         else:
             layout = read_layout(mask_in, input, self.in_channels, self.multi_channel)
-            if input.shape[0] < mask_in.shape[0]:  # a batch of 1 under a batch of masks, as NVIDIA broadcasts
+            if input.shape[0] == 1 < mask_in.shape[0]:  # a batch of 1 under a batch of masks, as NVIDIA broadcasts
                 input = input.expand(mask_in.shape[0], *input.shape[1:])
-            # The mask is a constant of the counts. A float mask that requires grad gets NVIDIA's
-            # gradient, through the masking of the input alone.
-            differentiable = mask_in.requires_grad and mask_in.is_floating_point() and torch.is_grad_enabled()
+            # The mask is a constant of the counts. A float mask that carries a derivative gets
+            # NVIDIA's (through the masking of the input alone), in reverse and forward mode.
+            differentiable = mask_in.is_floating_point() and _carries_derivative(mask_in)
             mask = mask_in if differentiable else mask_in.detach()
             counted = layout
-            if layout is MaskLayout.MULTI and mask.shape[1] > 1 and mask.stride(1) == 0:
+            if layout is MaskLayout.MULTI and mask.shape[1] > 1 and _one_channel_for_all(mask):
                 # One channel for all, as PConvNd returns it (an expanded view, which no one can
                 # write to): the same mask for every channel, as a (B, *S) mask says. Count and
                 # apply it once. A mask of C channels of its own is counted as NVIDIA does.
@@ -226,27 +247,32 @@ class _PartialConvNd(_ConvNd):
             ratio, update = self._ratio_and_update(valid, counted)
             if counted is MaskLayout.SHARED:
                 mask = mask.unsqueeze(1)
-        output = self._masked_conv(input, weight, bias, mask, ratio, update)
+        output = self._masked_conv(input, weight, bias, mask, ratio, update, differentiable)
         if not self.return_mask:
             return output
         return output, self._returned_mask(update, layout, input)
 
     def _masked_conv(
-        self, input: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None, ratio: Tensor, update: Tensor
+        self,
+        input: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        mask: Tensor | None,
+        ratio: Tensor,
+        update: Tensor,
+        differentiable_mask: bool,
     ) -> Tensor:
         """The partial convolution of ``input`` under ``mask`` (None, or broadcastable to it)."""
+        if differentiable_mask:
+            conv, legacy, masking = self._conv_forward, self.legacy_behaviour, mask_input_differentiable_mask
+            return partial_conv(input, weight, bias, mask, ratio, update, conv, legacy, masking)
         geometry = self._geometry()
+        # Above, a mask that carries a derivative: an input the Function does not differentiate.
         # Compilers, tracers and exporters record the plain ops (a compiler then chooses what to
         # keep for backward); padding modes other than zeros pad inside nn.ConvNd, which the
-        # Function does not model; a mask that requires grad is an input the Function does not
-        # differentiate; torch.func transforms nest where a Function's rules do not (see quirks).
-        # Everything else, no_grad and forward-mode AD included, takes the Function.
-        if (
-            geometry is None
-            or compiling_or_tracing()
-            or (mask is not None and mask.requires_grad)
-            or functorch_transform_active()
-        ):
+        # Function does not model; torch.func transforms nest where a Function's rules do not
+        # (see quirks). Everything else, no_grad and forward-mode AD included, takes the Function.
+        if geometry is None or compiling_or_tracing() or functorch_transform_active():
             return partial_conv(input, weight, bias, mask, ratio, update, self._conv_forward, self.legacy_behaviour)
         device = input.device.type
         if not autocast_enabled(device):
@@ -321,6 +347,8 @@ class _PartialConvNd(_ConvNd):
 
     def set_weight(self, weight: Tensor) -> Self:
         """Copy ``weight`` into the weight parameter and return the layer (torch-pconv 0.1.1 API)."""
+        if not isinstance(weight, Tensor):
+            raise PConvError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
         if weight.shape != self.weight.shape:
             raise PConvError(f"weight: expected shape {tuple(self.weight.shape)}, got {tuple(weight.shape)}")
         with torch.no_grad():
@@ -334,6 +362,8 @@ class _PartialConvNd(_ConvNd):
     def set_bias(self, bias: Tensor) -> Self:
         """Copy ``bias`` into the bias parameter and return the layer; any shape of ``out_channels``
         elements, such as 0.1.1's ``(1, out_channels, 1, 1)`` (torch-pconv 0.1.1 API)."""
+        if not isinstance(bias, Tensor):
+            raise PConvError(f"bias: expected a torch.Tensor, got {type(bias).__name__}")
         if self.bias is None:
             raise PConvError("bias: this layer was built with bias=False")
         if bias.numel() != self.out_channels:
