@@ -18,7 +18,7 @@ from torch_pconv.inpainting import (
     hole_border,
     total_variation,
 )
-from torch_pconv.inpainting.loss import VGG16_FILE
+from torch_pconv.inpainting.loss import VGG16_FILE, VGGWeightsError, VGGWeightsNotFoundError
 
 
 class Identity(nn.Module):
@@ -240,3 +240,87 @@ def test_vgg16_loads_torchvision_state_dict(tmp_path):
 def test_vgg16_missing_weights_say_where(tmp_path):
     with pytest.raises(FileNotFoundError, match=VGG16_FILE):
         VGG16Features(tmp_path / "nothing.pth")
+
+
+def test_vgg16_loads_torch_save_legacy_format(tmp_path):
+    state = _fake_torchvision_vgg16(tmp_path / "zip.pth")
+    torch.save(state, tmp_path / VGG16_FILE, _use_new_zipfile_serialization=False)  # torch < 1.6's format
+    assert torch.equal(VGG16Features(tmp_path / VGG16_FILE).features[14].bias, state["features.14.bias"])
+
+
+def _not_vgg_weights(tmp_path, kind):
+    """A file given as VGG-16 weights that holds none, and what the error says of it."""
+    path = tmp_path / f"{kind}.pth"
+    if kind == "text":
+        path.write_text("these are not weights\n")
+        return path, "not a file written by torch.save"
+    if kind == "objects":  # a torch.save file that weights_only refuses to unpickle
+        torch.save({"features.0.weight": torch.nn.Identity()}, path)
+        return path, "it holds objects other than tensors, refused as loading them could run any code"
+    if kind == "no_vgg_keys":
+        torch.save({"classifier.0.weight": torch.zeros(2, 2)}, path)
+        return path, "no features.0.weight, no features.0.bias and 12 more"
+    if kind == "wrong_shape":
+        state = _fake_torchvision_vgg16(path)
+        state["features.2.weight"] = torch.zeros(3, 3)
+        torch.save(state, path)
+        return path, "features.2.weight of shape (3, 3), not (64, 64, 3, 3)"
+    torch.save(torch.zeros(2), path)
+    return path, "it holds a Tensor, not a state_dict"
+
+
+KINDS = ["text", "objects", "no_vgg_keys", "wrong_shape", "tensor"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_vgg16_file_of_no_vgg_weights_says_what_was_expected(tmp_path, kind):
+    path, says = _not_vgg_weights(tmp_path, kind)
+    with pytest.raises(VGGWeightsError) as error:
+        VGG16Features(path)
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message and says in message
+    assert f"expected torchvision's ImageNet VGG-16 state_dict ({VGG16_FILE}" in message
+    assert "weights_only=False" not in message  # torch's advice would run what the file holds
+
+
+def test_vgg16_missing_weights_are_a_file_not_found(tmp_path):
+    for missing in (tmp_path / "nothing.pth", tmp_path):  # no file, or a folder
+        with pytest.raises(VGGWeightsNotFoundError, match=VGG16_FILE) as error:
+            VGG16Features(missing)
+        assert isinstance(error.value, FileNotFoundError) and str(missing) in str(error.value)
+
+
+# The inpaint command line, in-process, on a tiny network: --vgg is loaded after every other check.
+TRAIN = ["train", "--size", "16", "--layers", "2", "--widths", "4", "8", "--no-progress", "--device", "cpu"]
+TRAIN += ["--batch", "2", "--steps", "1", "--fine-tune-steps", "0"]
+
+
+def _inpaint_train_refused(tmp_path, capsys, vgg, status):
+    from torch_pconv.inpainting import cli, write_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        write_image(images / f"{i}.png", torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        raise SystemExit(cli.main([*TRAIN, "--images", str(images), "--out", str(out), "--vgg", str(vgg)]))
+    assert exit_.value.code == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("python -m torch_pconv inpaint train: error: "), err
+    assert not out.exists()  # nothing written
+    return err
+
+
+def test_inpaint_train_missing_vgg_is_one_line_status_2(tmp_path, capsys):
+    err = _inpaint_train_refused(tmp_path, capsys, tmp_path / "nothing.pth", status=2)
+    assert f"--vgg {tmp_path / 'nothing.pth'}: VGG-16 weights not found at" in err and VGG16_FILE in err
+    assert "--no-vgg" in err
+
+
+@pytest.mark.parametrize("kind", ["text", "no_vgg_keys"])
+def test_inpaint_train_vgg_of_no_vgg_weights_is_one_line_status_1(tmp_path, capsys, kind):
+    path, says = _not_vgg_weights(tmp_path, kind)
+    err = _inpaint_train_refused(tmp_path, capsys, path, status=1)
+    assert f"{path} is not VGG-16 weights: {says}" in err and VGG16_FILE in err

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -14,9 +16,37 @@ import torch
 from .configs import CONFIGS, DTYPES, Config, Settings
 from .impls import load_baseline, load_v011
 from .report import environment, format_report, records, write_chart, write_csv, write_json
-from .run import plan, run_bench, ticks
+from .run import Run, plan, run_bench, ticks
 
-__all__ = ["Progress", "add_arguments", "main", "selected_configs"]
+__all__ = ["Progress", "add_arguments", "main", "problem", "selected_configs"]
+
+PROG = "python -m torch_pconv bench"
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number, ``low`` or more."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {low}")
+        return value
+
+    return whole_number
+
+
+def _fraction(text: str) -> float:
+    """An argparse ``type``: a fraction of holes, from 0 (no mask) to 1 (every pixel a hole)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text}: must be a fraction from 0 (no mask) to 1 (all holes)")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,26 +58,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device, such as cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="(default: float32)")
-    parser.add_argument("--repeats", type=int, default=9, help="timed calls per mode and implementation (default: 9)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
+    parser.add_argument(
+        "--repeats", type=_at_least(1), default=9, help="timed calls per mode and implementation (default: 9)"
+    )
+    parser.add_argument("--warmup", type=_at_least(0), default=1, help="untimed rounds first (default: 1)")
     parser.add_argument(
         "--out", type=Path, default=Path("bench-out"), help="folder for JSON, CSV and PNG (default: bench-out)"
     )
-    parser.add_argument("--batch", type=int, help="batch size of every config run (default: each config's own)")
+    parser.add_argument(
+        "--batch", type=_at_least(1), help="batch size of every config run (default: each config's own)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: torch's own)")
+    parser.add_argument("--threads", type=_at_least(1), help="torch.set_num_threads for the run (default: torch's own)")
     parser.add_argument("--v011", metavar="PATH", help="torch-pconv 0.1.1's wheel or folder, to measure it too")
     parser.add_argument(
         "--baseline", metavar="PATH", type=Path, help="another checkout of torch_pconv, to measure its PConv2d too"
     )
     custom = parser.add_argument_group("custom config (any of these runs it; the rest as in 'inpainting')")
-    custom.add_argument("--in-channels", type=int)
-    custom.add_argument("--out-channels", type=int)
-    custom.add_argument("--kernel-size", type=int)
-    custom.add_argument("--padding", type=int, help="(default: kernel-size // 2)")
-    custom.add_argument("--size", type=int, help="height and width of the input")
-    custom.add_argument("--holes", type=float, help="fraction of holes in the mask; 0: no mask (default: 0.5)")
-    custom.add_argument("--layers", type=int, help="more than 1: an encoder of conv → BatchNorm2d → ReLU")
+    custom.add_argument("--in-channels", type=_at_least(1))
+    custom.add_argument("--out-channels", type=_at_least(1))
+    custom.add_argument("--kernel-size", type=_at_least(1))
+    custom.add_argument("--padding", type=_at_least(0), help="(default: kernel-size // 2)")
+    custom.add_argument("--size", type=_at_least(1), help="height and width of the input")
+    custom.add_argument("--holes", type=_fraction, help="fraction of holes in the mask; 0: no mask (default: 0.5)")
+    custom.add_argument("--layers", type=_at_least(1), help="more than 1: an encoder of conv → BatchNorm2d → ReLU")
 
 
 _CUSTOM = ("in_channels", "out_channels", "kernel_size", "padding", "size", "holes", "layers")
@@ -81,6 +115,61 @@ def _custom(args: argparse.Namespace) -> Config:
         holes=holes,
         layers=1 if args.layers is None else args.layers,
     )
+
+
+def problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options, in one line, found before anything runs; None if nothing.
+
+    (The numbers are checked as they are parsed.) A custom config must fit its kernel into its
+    size; --out must be a folder, or one that can be made; --v011 and --baseline must exist."""
+    for config in selected_configs(args):
+        shrink = config.kernel_size - 1 - 2 * config.padding  # per layer, at stride 1
+        if config.size - config.layers * shrink < 1:
+            layers = f" and --layers {config.layers}" if config.layers > 1 else ""
+            return (
+                f"--kernel-size {config.kernel_size} with --padding {config.padding}{layers} needs a --size of "
+                f"at least {config.layers * shrink + 1}, not {config.size}: raise --size or --padding"
+            )
+    try:
+        return _path_problem(args)
+    except OSError as error:  # a path that cannot even be looked at
+        return f"{error.filename}: {error.strerror or error}"
+
+
+def _path_problem(args: argparse.Namespace) -> str | None:
+    why = _out_problem(args.out)
+    if why is not None:
+        return f"--out {args.out}: {why}"
+    if args.v011 and not Path(args.v011).exists():
+        return f"--v011 {args.v011}: no such file or folder (torch-pconv 0.1.1's wheel, or its unpacked folder)"
+    if args.baseline:
+        path = Path(args.baseline)
+        if not path.is_dir():
+            what = "a file, not a folder" if path.exists() else "no such folder"
+            return f"--baseline {path}: {what} (a checkout of torch_pconv)"
+        if not (path / "torch_pconv" / "__init__.py").is_file() and not (path / "__init__.py").is_file():
+            return f"--baseline {path}: no torch_pconv package there (a checkout, or its torch_pconv folder)"
+    return None
+
+
+_WRITTEN = ("bench.json", "bench.csv", "bench.png")
+
+
+def _out_problem(out: Path) -> str | None:
+    """Why the report's files cannot be written into the folder ``out``; None if they can."""
+    if out.exists():
+        if not out.is_dir():
+            return "a file, not a folder: name another --out"
+        taken = [name for name in _WRITTEN if (out / name).is_dir()]
+        if taken:
+            return f"{out / taken[0]} is a folder, where the report's file goes: name another --out"
+        return None if os.access(out, os.W_OK | os.X_OK) else "a folder this user cannot write to"
+    parent = out.absolute().parent
+    while not parent.exists():  # the folder that mkdir would make the others in
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be made: {parent} is a file, not a folder"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be made: {parent} is not writable"
 
 
 class Progress:
@@ -117,13 +206,19 @@ class Progress:
 def main(args: argparse.Namespace) -> int:
     """``python -m torch_pconv bench``: run, print the report, write JSON, CSV and PNG to --out."""
     start = time.perf_counter()
+    settings = Settings(args.device, DTYPES[args.dtype], args.repeats, args.warmup, args.seed, full=args.full)
+    # Another build's code, which may raise anything: one line, and exit status 1.
+    try:
+        settings.v011 = load_v011(args.v011) if args.v011 else None
+    except Exception as error:
+        return _cannot_load("--v011", args.v011, error)
+    try:
+        if args.baseline:
+            settings.baseline, settings.baseline_path = load_baseline(args.baseline), args.baseline
+    except Exception as error:
+        return _cannot_load("--baseline", args.baseline, error)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    settings = Settings(args.device, DTYPES[args.dtype], args.repeats, args.warmup, args.seed, full=args.full)
-    if args.v011:
-        settings.v011 = load_v011(args.v011)
-    if args.baseline:
-        settings.baseline, settings.baseline_path = load_baseline(args.baseline), args.baseline
     configs = selected_configs(args)
     progress = Progress(ticks(plan(configs, settings)[0], settings), len(configs))
     try:
@@ -131,15 +226,35 @@ def main(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     recs, env = records(run), environment(run)
-    notes = list(run.notes)
+    notes, failed = list(run.notes), None
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        no_chart = write_chart(args.out / "bench.png", run, recs, env)
-        notes += [no_chart] if no_chart else []
-        files = ["bench.json", "bench.csv"] + ([] if no_chart else ["bench.png"])
-        notes.append("wrote " + ", ".join(str(args.out / name) for name in files))
-        write_json(args.out / "bench.json", run, recs, env, notes)
-        write_csv(args.out / "bench.csv", recs)
+        try:
+            notes = _write(args.out, run, recs, env)
+        except OSError as error:  # what the checks before the run could not foresee: the report still prints
+            failed = f"--out {args.out}: cannot write the report's files ({error.strerror or error})"
     print(format_report(run, recs, env, notes))
     print(f"\ndone in {time.perf_counter() - start:.0f} s")
+    if failed is not None:
+        print(f"{PROG}: error: {failed}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _write(out: Path, run: Run, recs: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
+    """Write JSON, CSV and PNG into ``out``; the run's notes, with what was written."""
+    notes = list(run.notes)
+    out.mkdir(parents=True, exist_ok=True)
+    no_chart = write_chart(out / "bench.png", run, recs, env)
+    notes += [no_chart] if no_chart else []
+    files = ["bench.json", "bench.csv"] + ([] if no_chart else ["bench.png"])
+    notes.append("wrote " + ", ".join(str(out / name) for name in files))
+    write_json(out / "bench.json", run, recs, env, notes)
+    write_csv(out / "bench.csv", recs)
+    return notes
+
+
+def _cannot_load(option: str, path: str | Path, error: Exception) -> int:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    why = f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
+    print(f"{PROG}: error: {option} {path}: cannot load its PConv2d ({why})", file=sys.stderr)
+    return 1

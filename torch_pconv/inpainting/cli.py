@@ -22,6 +22,7 @@ import torch
 from ._deps import require
 from .data import list_images, read_image, read_mask, write_image
 from .evaluate import BASELINES, evaluate, evaluation_set
+from .loss import VGGWeightsError, VGGWeightsNotFoundError
 from .masks import MaskFolder
 from .metrics import format_table
 from .model import PConvUNet, inpaint
@@ -82,6 +83,8 @@ def _train(args: argparse.Namespace) -> int:
     before = _modified(checkpoint)
     try:
         result = train(config)
+    except VGGWeightsNotFoundError as error:  # a file named by an option (its default: torch's cache)
+        raise UsageError(f"--vgg {args.vgg}: {error}, or pass --no-vgg (no perceptual and style terms)") from None
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"{_PROG} train: {_interrupted(checkpoint, before, config.resume)}", file=sys.stderr)
@@ -288,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.run(args)
     except UsageError as error:
         return _error(command, error, 2)
-    except (CheckpointError, OSError) as error:  # PIL's UnidentifiedImageError is an OSError
+    except (CheckpointError, VGGWeightsError, OSError) as error:  # PIL's UnidentifiedImageError is an OSError
         return _error(command, error, 1)
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)

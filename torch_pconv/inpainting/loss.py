@@ -4,6 +4,8 @@ total variation, every L1 term size-averaged (a mean over elements), as the auth
 from __future__ import annotations
 
 import contextlib
+import pickle
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["VGG16_FILE", "InpaintingLoss", "VGG16Features", "gram_matrix", "hole_border", "total_variation"]
+__all__ = [
+    "VGG16_FILE",
+    "InpaintingLoss",
+    "VGG16Features",
+    "VGGWeightsError",
+    "VGGWeightsNotFoundError",
+    "gram_matrix",
+    "hole_border",
+    "total_variation",
+]
 
 # torchvision's published ImageNet VGG-16 weights, by the name torch.hub caches them under.
 VGG16_FILE = "vgg16-397923af.pth"
@@ -23,6 +34,16 @@ _POOLS = (4, 9, 16)
 # The normalisation the ImageNet weights expect, for images in [0, 1].
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
+_EXPECTED = f"torchvision's ImageNet VGG-16 state_dict ({VGG16_FILE}, from https://download.pytorch.org/models/)"
+
+
+class VGGWeightsNotFoundError(FileNotFoundError):
+    """No VGG-16 weights file where :class:`VGG16Features` looked for one."""
+
+
+class VGGWeightsError(ValueError):
+    """A file given as VGG-16 weights that holds no torchvision VGG-16 state_dict: not a file of
+    ``torch.save``, one with objects other than tensors, or one without VGG-16's ``features.*``."""
 
 
 class VGG16Features(nn.Module):
@@ -58,18 +79,54 @@ class VGG16Features(nn.Module):
         self.eval()
 
     def load_torchvision(self, weights: str | Path) -> None:
-        """Load torchvision's VGG-16 state_dict from a path, or from torch's cache with ``"cache"``."""
+        """Load torchvision's VGG-16 state_dict from a path, or from torch's cache with ``"cache"``.
+
+        Read with ``weights_only=True``: nothing in the file runs.
+
+        Raises:
+            VGGWeightsNotFoundError: (a FileNotFoundError) no file there.
+            VGGWeightsError: the file holds no VGG-16 state_dict: every problem in one line."""
         path = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE if weights == "cache" else Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"VGG-16 weights not found at {path}: download torchvision's {VGG16_FILE} "
+            where = f"at {path} is a folder, not a file" if path.is_dir() else f"not found at {path}"
+            raise VGGWeightsNotFoundError(
+                f"VGG-16 weights {where}: download torchvision's {VGG16_FILE} "
                 "(https://download.pytorch.org/models/) there, or pass its path"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        ours = {
-            k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < len(self.features)
-        }
-        self.load_state_dict(ours)
+        if not _written_by_torch_save(path):
+            raise VGGWeightsError(
+                f"{path} is not VGG-16 weights: not a file written by torch.save; expected {_EXPECTED}"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError:
+            raise
+        except pickle.UnpicklingError:
+            # Not torch's advice to load it with weights_only=False: that would run what the file holds.
+            raise VGGWeightsError(
+                f"{path} is not VGG-16 weights: it holds objects other than tensors, refused as loading them "
+                f"could run any code; expected {_EXPECTED}"
+            ) from None
+        except Exception as error:  # torch.load raises many kinds on a damaged file
+            raise VGGWeightsError(
+                f"{path} is not VGG-16 weights, or is damaged ({type(error).__name__}); expected {_EXPECTED}"
+            ) from None
+        if not isinstance(state, dict):
+            raise VGGWeightsError(
+                f"{path} is not VGG-16 weights: it holds a {type(state).__name__}, not a state_dict; "
+                f"expected {_EXPECTED}"
+            )
+        wrong = []
+        for key, ours in self.state_dict().items():
+            theirs = state.get(key)
+            if not isinstance(theirs, torch.Tensor):
+                wrong.append(f"no {key}")
+            elif theirs.shape != ours.shape:
+                wrong.append(f"{key} of shape {tuple(theirs.shape)}, not {tuple(ours.shape)}")
+        if wrong:
+            more = f" and {len(wrong) - 2} more" if len(wrong) > 2 else ""
+            raise VGGWeightsError(f"{path} is not VGG-16 weights: {', '.join(wrong[:2])}{more}; expected {_EXPECTED}")
+        self.load_state_dict({key: state[key] for key in self.state_dict()})
 
     def forward(self, image: Tensor) -> list[Tensor]:
         x = (image - self.get_buffer("mean")) / self.get_buffer("std")
@@ -82,6 +139,17 @@ class VGG16Features(nn.Module):
 
     def train(self, mode: bool = True) -> VGG16Features:
         return super().train(False)  # a fixed feature extractor, whatever its owner's mode
+
+
+# What a file of torch.save starts with: a zip archive (torch 1.6 on), or the pickled magic number
+# of the legacy format, which older published weights may be in.
+_LEGACY_TORCH_SAVE = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _written_by_torch_save(path: Path) -> bool:
+    with path.open("rb") as file:
+        start = file.read(len(_LEGACY_TORCH_SAVE))
+    return start == _LEGACY_TORCH_SAVE or zipfile.is_zipfile(path)
 
 
 def gram_matrix(features: Tensor) -> Tensor:
