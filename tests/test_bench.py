@@ -394,7 +394,7 @@ def test_fixed_cost_and_bfloat16_configs(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     bf16 = replace(TINY, name="bf16", modes=MODES[:1], memory=(), dtype="bfloat16")
     fixed = replace(CONFIGS["fixed"], calls=2)
-    run = run_bench([fixed, bf16], FAST)
+    run = run_bench([fixed, bf16], replace(FAST, full=True))  # full: whatever this CPU's bfloat16 speed
     assert torch.get_num_threads() == threads  # the fixed config's one thread is undone
     recs = report.records(run)
     get = {(r["config"], r["implementation"], r["metric"]): r for r in recs}
@@ -404,6 +404,24 @@ def test_fixed_cost_and_bfloat16_configs(tmp_path: Path) -> None:
     assert get[("bf16", "PConv2d", "relative error vs NVIDIA")]["value"] < 3e-2
     text = report.format_report(run, recs, report.environment(run), run.notes)
     assert "µs beyond" in text and "(bfloat16, cpu)" in text and "1 thread" in text
+
+
+@pytest.mark.parametrize(("threshold", "measured"), [(0.0, False), (float("inf"), True)])
+def test_a_half_precision_this_cpu_convolves_slowly_is_left_out_of_the_default_run(
+    threshold: float, measured: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch_pconv.bench import run as run_module
+
+    monkeypatch.setattr(run_module, "_SLOW_PRECISION", threshold)
+    bf16 = replace(TINY, name="bf16", modes=MODES[:1], memory=(), dtype="bfloat16")
+    run = run_bench([bf16], FAST)
+    assert bool(run.rows) == measured
+    left_out = [note for note in run.notes if "slower than float32" in note]
+    if measured:
+        assert left_out == []
+    else:
+        assert len(left_out) == 1 and "--full runs it" in left_out[0]
+    assert run_bench([bf16], replace(FAST, full=True)).rows  # --full runs it anyway
 
 
 def test_bench_without_matplotlib_skips_the_chart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

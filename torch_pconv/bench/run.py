@@ -110,6 +110,8 @@ def bench_config(
     """Time, memory and agreement of every implementation on ``config``; why another build that
     fails on this torch is left out goes to ``notes``."""
     with _threads(config.threads):
+        if not settings.full:
+            _check_low_precision_speed(config, settings)
         nets: dict[str, nn.Module] = {impl.name: build_network(impl, config, settings) for impl in impls}
         inputs = make_inputs(config, settings)
         if config.compiled:
@@ -159,6 +161,38 @@ def _runs(impl: Impl, net: nn.Module, inputs: Inputs, config: Config, notes: lis
             notes.append(f"{impl.name} not measured on {config.name}: it fails ({_first_line(error)})")
         return False
     return True
+
+
+# How much slower than float32 a half-precision convolution may be before the default run leaves
+# its config out: CPUs without native bfloat16 or float16 arithmetic run a reference kernel,
+# about 45 times slower on an AMD EPYC without AVX-512 (3.5 s a call at the bf16 config's size),
+# which made the default run 8 minutes instead of half of one.
+_SLOW_PRECISION = 10.0
+
+
+def _check_low_precision_speed(config: Config, settings: Settings) -> None:
+    """Raise Unavailable where ``settings.dtype`` is a half precision that this device convolves
+    far slower than float32 (one call each, at the config's channels and kernel, a small size)."""
+    if settings.dtype not in (torch.float16, torch.bfloat16) or settings.device != "cpu":
+        return
+    seconds = {}
+    size = min(config.size, 24)
+    for dtype in (torch.float32, settings.dtype):
+        conv = nn.Conv2d(config.in_channels, config.out_channels, config.kernel_size, padding=config.padding)
+        x = torch.randn(1, config.in_channels, size, size, dtype=dtype)
+        conv = conv.to(dtype)
+        with torch.no_grad():
+            conv(x)  # the first call's setup is not the kernel's speed
+            start = time.perf_counter()
+            conv(x)
+            seconds[dtype] = time.perf_counter() - start
+    ratio = seconds[settings.dtype] / max(seconds[torch.float32], 1e-9)
+    if ratio > _SLOW_PRECISION:
+        name = str(settings.dtype).removeprefix("torch.")
+        raise Unavailable(
+            f"this CPU convolves {name} {ratio:.0f}x slower than float32 (no native {name} kernel): "
+            "left out of the default run; --full runs it"
+        )
 
 
 def _compile(nets: dict[str, nn.Module], impls: list[Impl], inputs: Inputs) -> None:
