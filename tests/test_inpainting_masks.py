@@ -213,3 +213,27 @@ def test_rotation_by_zero_is_the_identity():
 def test_mask_folder_needs_images(tmp_path):
     with pytest.raises(FileNotFoundError, match="no mask images"):
         MaskFolder(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".webp"])
+def test_mask_folder_takes_every_image_suffix_the_image_folders_take(tmp_path, suffix):
+    from PIL import Image
+
+    pixels = torch.zeros(24, 32)
+    pixels[4:12, 8:20] = 255
+    Image.fromarray(pixels.to(torch.uint8).numpy(), mode="L").save(tmp_path / f"0{suffix}", lossless=True)
+    folder = MaskFolder(tmp_path, hole_value=255, augment=False)
+    assert len(folder) == 1
+    assert torch.equal(folder[0][0], (pixels < 128).float())
+
+
+def test_the_inpainting_modules_import_one_way():
+    """data knows nothing of masks; masks reads its files through data."""
+    import ast
+    from pathlib import Path
+
+    import torch_pconv.inpainting.data as data
+
+    tree = ast.parse(Path(data.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "masks" not in imported

@@ -13,7 +13,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ._deps import require
-from .masks import seeded
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -22,11 +21,20 @@ __all__ = [
     "read_image",
     "read_mask",
     "save_grid",
+    "seeded",
     "verify_images",
     "write_image",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # images and masks alike
+
+
+def seeded(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from integer keys (seed, epoch, index, ...), the same on every run."""
+    seed = 0
+    for key in keys:
+        seed = (seed * 1_000_003 + key) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
 
 
 def list_images(root: str | Path) -> list[Path]:

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from .baselines import diffusion_fill, mean_fill
-from .data import random_crop, read_image
-from .masks import BUCKETS, MaskGenerator, seeded
+from .data import random_crop, read_image, seeded
+from .masks import BUCKETS, MaskGenerator
 from .metrics import BucketMetrics
 from .model import PConvUNet, inpaint
 

@@ -18,21 +18,14 @@ from torch.utils.data import Dataset
 
 from torch_pconv.holes import irregular_holes
 
-__all__ = ["BUCKETS", "MaskFolder", "MaskGenerator", "bucket_of", "hole_ratio", "seeded"]
+from .data import IMAGE_SUFFIXES, read_mask, seeded
+
+__all__ = ["BUCKETS", "MaskFolder", "MaskGenerator", "bucket_of", "hole_ratio"]
 
 # The hole-to-image area ratios of the paper's Table 1: (low, high], in order.
 BUCKETS: tuple[tuple[float, float], ...] = ((0.01, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6))
 # The paper's border constraint keeps holes 50 pixels from the border of a 512-pixel image.
 _MARGIN = 50 / 512
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-
-
-def seeded(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from integer keys (seed, epoch, index, ...), the same on every run."""
-    seed = 0
-    for key in keys:
-        seed = (seed * 1_000_003 + key) % (2**63 - 1)
-    return torch.Generator().manual_seed(seed)
 
 
 def hole_ratio(mask: Tensor) -> Tensor:
@@ -170,9 +163,9 @@ class MaskFolder(Dataset[Tensor]):
     ) -> None:
         if hole_value not in (0, 255):
             raise ValueError(f"MaskFolder: hole_value must be 0 (black holes) or 255 (white holes), got {hole_value}")
-        self.files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+        self.files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
-            raise FileNotFoundError(f"MaskFolder: no mask images ({', '.join(_IMAGE_SUFFIXES)}) under {root}")
+            raise FileNotFoundError(f"MaskFolder: no mask images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
         self.size = (size, size) if isinstance(size, int) else size
         self.hole_value, self.augment, self.max_dilation, self.seed = hole_value, augment, max_dilation, seed
         self.epoch = 0
@@ -185,8 +178,6 @@ class MaskFolder(Dataset[Tensor]):
         return len(self.files)
 
     def __getitem__(self, index: int) -> Tensor:
-        from .data import read_mask
-
         mask = read_mask(self.files[index], self.hole_value)
         if self.size is None:
             return mask

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..quirks import cuda_grad_scaler
-from .data import InpaintingDataset, list_images, save_grid, verify_images
+from .data import InpaintingDataset, list_images, save_grid, seeded, verify_images
 from .loss import InpaintingLoss, VGG16Features
-from .masks import MaskFolder, MaskGenerator, seeded
+from .masks import MaskFolder, MaskGenerator
 from .model import PConvUNet
 
 __all__ = [
