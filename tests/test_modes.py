@@ -63,16 +63,32 @@ def test_jvp_with_any_mask_dtype(geometry, mask_dtype, no_grad):
     _close(got[1], expected[1])
 
 
+@pytest.mark.parametrize("no_grad", [False, True], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
-def test_forward_ad_dual_tensors(geometry):
+def test_forward_ad_dual_tensors(geometry, no_grad):
     import torch.autograd.forward_ad as fwad
 
     ours, ref = _pair(geometry)
     x, tangent, mask = image((2, 3, 6, 6), dtype=F64), image((2, 3, 6, 6), seed=9, dtype=F64), _mask(torch.bool)
     tangents = []
     for layer, m in ((ours, mask), (ref, mask.double())):
-        with fwad.dual_level():
+        with fwad.dual_level(), torch.set_grad_enabled(not no_grad):
             tangents.append(fwad.unpack_dual(layer(fwad.make_dual(x, tangent), m)).tangent)
+    _close(tangents[0], tangents[1])
+
+
+def test_forward_ad_in_the_weight_without_grad():
+    import torch.autograd.forward_ad as fwad
+
+    ours, ref = _pair("zeros")
+    x, mask = image((2, 3, 6, 6), dtype=F64), _mask(torch.bool)
+    d_weight = torch.randn(ours.weight.shape, generator=seeded(6), dtype=F64)
+    tangents = []
+    for layer, m in ((ours, mask), (ref, mask.double())):
+        with fwad.dual_level(), torch.no_grad():
+            weight = fwad.make_dual(layer.weight.detach(), d_weight)
+            out = functional_call(layer, {"weight": weight, "bias": layer.bias.detach()}, (x, m))
+            tangents.append(fwad.unpack_dual(out).tangent)
     _close(tangents[0], tangents[1])
 
 
