@@ -120,22 +120,6 @@ def test_profile_events_fall_back_to_no_memory_figures(monkeypatch: pytest.Monke
     assert meter.results == {}
 
 
-def test_bit_views_batch_falls_back_to_where(monkeypatch: pytest.MonkeyPatch) -> None:
-    # torch 2.1's vmap cannot batch Tensor.view(dtype): the masking then selects with torch.where.
-    from torch_pconv.masks import mask_input_constant
-
-    assert isinstance(quirks.bit_views_batch(), bool)  # False on torch 2.1, True on 2.13
-    x = torch.randn(2, 3, 5, 5)
-    x[:, :, 0] = float("nan")
-    mask = (torch.rand(2, 1, 5, 5) > 0.5).float()
-    mask[:, :, 0] = 0
-    expected = mask_input_constant(x, mask)
-    monkeypatch.setattr(quirks, "_BIT_VIEWS_BATCH", [False])
-    assert quirks.bit_views_batch() is False
-    assert torch.equal(mask_input_constant(x, mask), expected)
-    assert torch.isfinite(expected).all()
-
-
 def test_cuda_grad_scaler_falls_back_to_torch_cuda_amp(monkeypatch: pytest.MonkeyPatch) -> None:
     # torch 2.1 and 2.2 have no torch.amp.GradScaler.
     assert not quirks.cuda_grad_scaler(enabled=False).is_enabled()

@@ -24,10 +24,6 @@ sometimes slower or leaner in what it reports. Checked on torch 2.1.2, 2.13.0 an
   (FakeTensorMode, a tracer's mode) is on, under which the mask=None cache must neither be
   filled nor trusted. Missing: True, so the layer never caches (correct, one small convolution
   more per call).
-- ``bit_views_batch``: the NaN-safe masking ANDs the input's bits, through ``Tensor.view(dtype)``,
-  which ``torch.func.vmap`` cannot batch on torch 2.1 (no batching rule for ``aten::view.dtype``).
-  Probed once, on first use: where it fails, the masking always takes ``torch.where`` (correct,
-  slower on the CPU).
 - ``functorch_transform_active``: whether a ``torch.func`` transform (grad, jvp, vmap, jacfwd,
   ...) is running, from ``torch._C._functorch.peek_interpreter_stack`` (2.1 to 2.15). Under one,
   the layer runs plain ops, because torch.func differentiates an ``autograd.Function``'s ``jvp``
@@ -52,7 +48,6 @@ __all__ = [
     "autocast_dtype",
     "autocast_enabled",
     "autocast_off",
-    "bit_views_batch",
     "compiling_or_tracing",
     "cuda_grad_scaler",
     "dispatch_mode_active",
@@ -148,20 +143,6 @@ def cuda_grad_scaler(enabled: bool) -> Any:
     if scaler is not None:
         return scaler("cuda", enabled=enabled)
     return torch.cuda.amp.GradScaler(enabled=enabled)
-
-
-_BIT_VIEWS_BATCH: list[bool] = []
-
-
-def bit_views_batch() -> bool:
-    """Whether ``torch.func.vmap`` batches ``Tensor.view(dtype)`` (probed once)."""
-    if not _BIT_VIEWS_BATCH:
-        try:
-            torch.func.vmap(lambda t: t.view(torch.int32))(torch.zeros(2, 2))
-            _BIT_VIEWS_BATCH.append(True)
-        except RuntimeError:
-            _BIT_VIEWS_BATCH.append(False)
-    return _BIT_VIEWS_BATCH[0]
 
 
 def dispatch_mode_active() -> bool:
