@@ -380,3 +380,17 @@ def test_ddp_two_processes_equal_one_over_the_global_batch(images, tmp_path, mon
     single_log = [json.loads(x) for x in (tmp_path / "single" / "log.jsonl").read_text().splitlines()]
     for a, b in zip(ddp_log, single_log, strict=True):
         assert a["total"] == pytest.approx(b["total"], rel=1e-5)
+
+
+def test_cuda_grad_scaler_falls_back_to_torch_cuda_amp(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from torch_pconv.inpainting.train import cuda_grad_scaler
+
+    # torch 2.1 and 2.2 have no torch.amp.GradScaler.
+    assert not cuda_grad_scaler(enabled=False).is_enabled()
+    monkeypatch.delattr(torch.amp, "GradScaler", raising=False)
+    with warnings.catch_warnings():  # newer torch deprecates torch.cuda.amp.GradScaler
+        warnings.simplefilter("ignore", FutureWarning)
+        scaler = cuda_grad_scaler(enabled=False)
+    assert not scaler.is_enabled()

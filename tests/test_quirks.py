@@ -7,7 +7,6 @@ the layer must still compute what the reference computes.
 from __future__ import annotations
 
 import types
-import warnings
 
 import pytest
 import torch
@@ -118,13 +117,3 @@ def test_profile_events_fall_back_to_no_memory_figures(monkeypatch: pytest.Monke
     with LiveBytes("cpu") as meter, meter.window("w"):
         (x @ x).sum()
     assert meter.results == {}
-
-
-def test_cuda_grad_scaler_falls_back_to_torch_cuda_amp(monkeypatch: pytest.MonkeyPatch) -> None:
-    # torch 2.1 and 2.2 have no torch.amp.GradScaler.
-    assert not quirks.cuda_grad_scaler(enabled=False).is_enabled()
-    monkeypatch.delattr(torch.amp, "GradScaler", raising=False)
-    with warnings.catch_warnings():  # newer torch deprecates torch.cuda.amp.GradScaler
-        warnings.simplefilter("ignore", FutureWarning)
-        scaler = quirks.cuda_grad_scaler(enabled=False)
-    assert not scaler.is_enabled()

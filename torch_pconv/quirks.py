@@ -18,8 +18,6 @@ sometimes slower or leaner in what it reports. Checked on torch 2.1.2, 2.13.0 an
   refuses even to disable it); before, constructing ``torch.autocast`` is the probe. Either
   answer is memoised per device type, so that compiled code sees a dict lookup, not the probe
   (dynamo on torch 2.5 breaks the graph at ``is_autocast_available``).
-- ``cuda_grad_scaler(enabled)``: ``torch.amp.GradScaler("cuda")`` (2.3); before, the same class
-  as ``torch.cuda.amp.GradScaler``. For the inpainting training's ``--amp``.
 - ``dispatch_mode_active``: ``torch._C._len_torch_dispatch_stack`` tells whether a dispatch mode
   (FakeTensorMode, a tracer's mode) is on, under which the mask=None cache must neither be
   filled nor trusted. Missing: True, so the layer never caches (correct, one small convolution
@@ -32,7 +30,8 @@ sometimes slower or leaner in what it reports. Checked on torch 2.1.2, 2.13.0 an
   keep the masked input for backward).
 - ``profile_events``: the CPU benchmark's memory meter reads the profiler's raw event tree
   (``torch._C._profiler._ExtraFields_Allocation``), the only place that sees every allocation
-  and free in order. Missing: None, and the benchmark reports CPU memory as unavailable.
+  and free in order. Missing: None, and the benchmark reports CPU memory as unavailable. The
+  benchmark is its only user; it is here because it reads private names, which live here alone.
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ __all__ = [
     "autocast_enabled",
     "autocast_off",
     "compiling_or_tracing",
-    "cuda_grad_scaler",
     "dispatch_mode_active",
     "functorch_transform_active",
     "is_compiling",
@@ -135,14 +133,6 @@ def _autocast_available(device_type: str) -> bool:
 def autocast_off(device_type: str) -> AbstractContextManager[Any]:
     """A context with autocast disabled on ``device_type``; a no-op where it has no autocast."""
     return torch.autocast(device_type, enabled=False) if _autocast_available(device_type) else nullcontext()
-
-
-def cuda_grad_scaler(enabled: bool) -> Any:
-    """A CUDA GradScaler (``torch.amp.GradScaler``), a no-op when not ``enabled``."""
-    scaler = getattr(torch.amp, "GradScaler", None)
-    if scaler is not None:
-        return scaler("cuda", enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
 def dispatch_mode_active() -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..check import relative_error
 from .configs import HOOKS, Config, Settings
 from .impls import BASELINE, IMPLS, NVIDIA, Impl, Inputs, applicable, build_network, conv_of, make_inputs
 from .measure import (
@@ -223,9 +224,8 @@ def agreement(
         return forward(net, inputs, mask).detach().double()
 
     ref = output(reference, inputs.masks[nvidia.mask])
-    scale = ref.abs().max().item() or 1.0
     return {
-        impl.name: (output(nets[impl.name], inputs.masks[impl.mask]) - ref).abs().max().item() / scale
+        impl.name: relative_error(output(nets[impl.name], inputs.masks[impl.mask]), ref)
         for impl in impls
         if impl.kind != "conv"
     }

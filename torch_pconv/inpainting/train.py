@@ -23,7 +23,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..quirks import cuda_grad_scaler
 from .data import InpaintingDataset, list_images, save_grid, seeded, verify_images
 from .loss import InpaintingLoss, VGG16Features
 from .masks import MaskFolder, MaskGenerator
@@ -250,6 +249,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
+
+
+def cuda_grad_scaler(enabled: bool) -> Any:
+    """A CUDA GradScaler, a no-op when not ``enabled``: ``torch.amp.GradScaler("cuda")`` since
+    torch 2.3; before, the same class as ``torch.cuda.amp.GradScaler``."""
+    scaler = getattr(torch.amp, "GradScaler", None)
+    if scaler is not None:
+        return scaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
