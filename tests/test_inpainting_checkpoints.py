@@ -132,7 +132,9 @@ def test_old_checkpoints_with_paths_say_what_to_do(tmp_path):
     state = torch.load(path, weights_only=True)
     state["config"]["images"] = Path(state["config"]["images"])
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"(?s)pathlib paths.*weights_only=False.*by strings.*torch\.save"):
+    with pytest.raises(
+        ValueError, match=r"(?s)pathlib paths.*only then.*weights_only turned off.*by strings.*torch\.save"
+    ):
         load_model(path)
 
 

@@ -102,7 +102,7 @@ class VGG16Features(nn.Module):
         except OSError:
             raise
         except pickle.UnpicklingError:
-            # Not torch's advice to load it with weights_only=False: that would run what the file holds.
+            # Not torch's advice to turn weights_only off: that would run what the file holds.
             raise VGGWeightsError(
                 f"{path} is not VGG-16 weights: it holds objects other than tensors, refused as loading them "
                 f"could run any code; expected {_EXPECTED}"

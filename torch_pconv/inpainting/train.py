@@ -228,8 +228,8 @@ def _read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
             f"({found.group(1) if found else error}), and unpickling them could run any code. Checkpoints "
             "written by torch_pconv hold none. Load only files from a source you trust. One written by an "
             "older torch_pconv from a TrainConfig holding pathlib paths holds Path objects: if you wrote it "
-            "yourself, load it once with torch.load(path, weights_only=False), replace the paths in its "
-            "'config' by strings, and torch.save it again."
+            "yourself (and only then: unpickling runs what the file holds), load it once with torch.load and "
+            "weights_only turned off, replace the paths in its 'config' by strings, and torch.save it again."
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{what}, or is damaged ({type(error).__name__}: {_first_line(error)})") from None
