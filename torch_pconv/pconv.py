@@ -269,15 +269,16 @@ class _PartialConvNd(_ConvNd):
         differentiable_mask: bool,
     ) -> Tensor:
         """The partial convolution of ``input`` under ``mask`` (None, or broadcastable to it)."""
+        # The plain ops for: a mask that carries a derivative (an input the Function does not
+        # differentiate); compilers, tracers and exporters (a compiler then chooses what to keep
+        # for backward); padding modes other than zeros, which pad inside nn.ConvNd, where the
+        # Function does not model them; torch.func transforms, which nest where a Function's
+        # rules do not (see quirks). Everything else takes the Function, or, with neither grad
+        # nor a forward-mode tangent, runs its forward directly.
         if differentiable_mask:
             conv, legacy, masking = self._conv_forward, self.legacy_behaviour, mask_input_differentiable_mask
             return partial_conv(input, weight, bias, mask, ratio, update, conv, legacy, masking)
         geometry = self._geometry()
-        # Above, a mask that carries a derivative: an input the Function does not differentiate.
-        # Compilers, tracers and exporters record the plain ops (a compiler then chooses what to
-        # keep for backward); padding modes other than zeros pad inside nn.ConvNd, which the
-        # Function does not model; torch.func transforms nest where a Function's rules do not
-        # (see quirks). Everything else, no_grad and forward-mode AD included, takes the Function.
         if geometry is None or compiling_or_tracing() or functorch_transform_active():
             return partial_conv(input, weight, bias, mask, ratio, update, self._conv_forward, self.legacy_behaviour)
         device = input.device.type
