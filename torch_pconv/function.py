@@ -123,8 +123,7 @@ class PartialConvFunction(torch.autograd.Function):
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         geometry: Geometry = ctx.geometry
         grad_input = grad_weight = grad_bias = None
-        # Every masking below is the differentiable one: a transform over this backward (jacfwd of
-        # grad, say) passes tensors that carry tangents.
+        # No bit masking below: a transform over this backward passes tensors that carry tangents.
         # Recorded when the caller differentiates the gradients (create_graph): then operands
         # passed for their shape alone are detached, so that no gradient flows through them.
         recorded = torch.is_grad_enabled()
@@ -138,9 +137,11 @@ class PartialConvFunction(torch.autograd.Function):
         if needs_input:
             grad_input = _conv_backward(scaled, input.detach() if recorded else input, weight, geometry, False)
             if mask is not None:
-                # The masking is linear and diagonal in the input: its gradient is the masking itself.
-                # Differentiable, so that a transform over this backward (jacfwd of grad) sees it.
-                grad_input = mask_input(grad_input, mask)
+                # The masking's gradient: the mask's entries where they let the input through (the
+                # gradient here is finite, so a product selects). In place unless recorded: the
+                # tensor is ours; a product has a derivative in every mode, where bits have none.
+                keep = mask if mask.is_floating_point() else mask != 0
+                grad_input = grad_input * keep if recorded else grad_input.mul_(keep)
         del scaled
         if needs_bias:  # the sum autograd takes through the forward's addcmul, once scaled is gone
             grad_bias = _times(grad, update).sum([d for d in range(grad.dim()) if d != 1])

@@ -197,8 +197,8 @@ def mask_input(input: Tensor, mask: Tensor) -> Tensor:
         mask: broadcastable to ``input``; float (0/1 or fractional), bool, or integer (nonzero is valid).
     """
     mask = _like_input_layout(mask, input)
-    masked = torch.where(_keep(mask), input, 0)
-    return masked * mask.to(input.dtype) if mask.is_floating_point() else masked
+    masked = torch.where(_keep(mask), input, 0)  # a tensor of its own: scaled in place
+    return masked.mul_(mask.to(input.dtype)) if mask.is_floating_point() else masked
 
 
 def mask_input_differentiable_mask(input: Tensor, mask: Tensor) -> Tensor:
