@@ -4,7 +4,7 @@ sys.path). conftest.py only configures pytest.
 - :func:`seeded`: a seeded CPU generator, the source of every random tensor in the tests;
   :func:`image`, :func:`holes` (:func:`holes_and_a_box`) and :func:`randomize` draw an
   input, a mask and a layer's parameters from it.
-- :class:`MaskCase` and :func:`random_mask`: a mask layout (:class:`torch_pconv.masks.MaskLayout`,
+- :class:`MaskCase` and :func:`random_mask`: a mask layout (:class:`torch_pconv._masks.MaskLayout`,
   the one home of the layout table) plus the test-only variants on top of it, and a random mask
   in it.
 - :func:`make_pair`, :func:`run_compare`, :class:`Run`, :func:`describe`: a layer of ours and
@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from torch_pconv import PConv1d, PConv2d, PConv3d, reference
+from torch_pconv._masks import MaskLayout
 from torch_pconv.check import Comparison, compare
 from torch_pconv.holes import random_holes
-from torch_pconv.masks import MaskLayout
 
 __all__ = [
     "LAYERS",

@@ -17,8 +17,8 @@ from torch import nn
 
 from torch_pconv import PartialConv1d, PartialConv2d, PartialConv3d, PConv1d, PConv2d, PConv3d, PConvError
 from torch_pconv import reference as nvidia
+from torch_pconv._masks import MaskLayout
 from torch_pconv.check import relative_error
-from torch_pconv.masks import MaskLayout
 
 FLAGS = ("multi_channel", "return_mask", "legacy_behaviour")
 

@@ -13,8 +13,8 @@ from torch.utils.checkpoint import checkpoint
 from torch_pconv import PConv2d
 from torch_pconv import pconv as pconv_module
 from torch_pconv import reference as ref_module
-from torch_pconv.function import Geometry, PartialConvFunction, partial_conv
-from torch_pconv.masks import MaskLayout
+from torch_pconv._function import Geometry, PartialConvFunction, partial_conv
+from torch_pconv._masks import MaskLayout
 
 # torch.func and checkpointing call the deprecated torch.jit.script internally.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

@@ -24,10 +24,10 @@ from torch import nn
 import torch_pconv
 from torch_pconv import bench
 from torch_pconv.__main__ import main
+from torch_pconv._masks import MaskLayout
 from torch_pconv.bench import cli, impls, measure, report
 from torch_pconv.bench.configs import CONFIGS, MEMORY, MODES, Config, Settings
 from torch_pconv.bench.run import Row, Run, run_bench
-from torch_pconv.masks import MaskLayout
 
 FLOAT = 4  # bytes of a float32
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +218,7 @@ def test_load_baseline_from_a_copy_of_this_checkout(tmp_path: Path) -> None:
     cls = bench.load_baseline(tmp_path)
     _assert_loaded_apart(cls, tmp_path)
     # Its own masks module, not ours: the relative imports resolved within the copy.
-    assert sys.modules["torch_pconv_baseline.masks"] is not torch_pconv.masks
+    assert sys.modules["torch_pconv_baseline._masks"] is not torch_pconv._masks
     assert bench.load_baseline(tmp_path / "torch_pconv").__module__ == "torch_pconv_baseline.pconv"
     with pytest.raises(FileNotFoundError, match="no torch_pconv package"):
         bench.load_baseline(tmp_path / "nowhere")

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from torch_pconv import PConv2d
 from torch_pconv import reference as nvidia
+from torch_pconv._masks import MaskLayout
 from torch_pconv.check import relative_error
-from torch_pconv.masks import MaskLayout
 from torch_pconv.pconv import _CACHE_SIZE
 
 IN, OUT = 3, 4

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from torch_pconv.__main__ import main
+from torch_pconv._masks import MaskLayout
 from torch_pconv.check import BATCH, CASES, IN_CHANNELS, SPATIAL, Case, build_pair, make_mask, run_check
-from torch_pconv.masks import MaskLayout
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -18,7 +18,7 @@ from helpers import LAYERS, MaskCase, ThreeLayerNet, holes_and_a_box, seeded
 from torch import Tensor, nn
 
 from torch_pconv import PartialConv2d, PConv2d
-from torch_pconv.masks import MaskLayout
+from torch_pconv._masks import MaskLayout
 
 # Inductor's imports warn about torch.jit deprecations; Dynamo warns about its own internals.
 pytestmark = [

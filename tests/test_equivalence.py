@@ -18,9 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor
 
+from torch_pconv._masks import MaskLayout
 from torch_pconv.check import relative_error
 from torch_pconv.holes import random_holes, rectangle_holes, stroke_holes
-from torch_pconv.masks import MaskLayout
 
 # Every layout, each with its batch-of-1 and multi_channel-flag variants (helpers.MaskCase). A
 # SHARED mask is torch-pconv 0.1.1's (B, *S) mask; its oracle is the multi-channel reference with

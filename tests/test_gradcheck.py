@@ -13,7 +13,7 @@ from helpers import LAYERS, MaskCase, random_mask, seeded
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 
-from torch_pconv.masks import MaskLayout
+from torch_pconv._masks import MaskLayout
 
 SPATIAL = {1: (7,), 2: (5, 6), 3: (3, 4, 4)}
 L = MaskLayout

@@ -12,7 +12,7 @@ from helpers import ThreeLayerNet, seeded
 from torch import Tensor
 
 from torch_pconv import PConv2d
-from torch_pconv.masks import MaskLayout
+from torch_pconv._masks import MaskLayout
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),

@@ -11,7 +11,7 @@ import torch
 from helpers import LAYERS, MaskCase, holes_and_a_box, mask_cases, seeded
 from torch import Tensor, nn
 
-from torch_pconv.masks import MaskLayout
+from torch_pconv._masks import MaskLayout
 
 EPS = torch.finfo(torch.float32).eps
 

@@ -12,8 +12,8 @@ from helpers import LAYERS, MaskCase, random_mask, seeded
 
 from torch_pconv import PConv2d
 from torch_pconv import reference as ref_module
+from torch_pconv._masks import MaskLayout
 from torch_pconv.holes import random_holes
-from torch_pconv.masks import MaskLayout
 
 SPATIAL = {1: (13,), 2: (9, 10), 3: (5, 6, 7)}
 CASES = [MaskCase(MaskLayout.SHARED), MaskCase(MaskLayout.SINGLE)]

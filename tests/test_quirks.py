@@ -1,4 +1,4 @@
-"""torch_pconv.quirks: each version-dependent feature, and its fallback where a torch lacks it.
+"""torch_pconv._quirks: each version-dependent feature, and its fallback where a torch lacks it.
 
 The fallbacks are what older torch releases take; here they are forced by hiding the feature, and
 the layer must still compute what the reference computes.
@@ -13,7 +13,8 @@ import torch
 from helpers import make_pair, seeded
 from torch import nn
 
-from torch_pconv import PConv2d, quirks
+from torch_pconv import PConv2d
+from torch_pconv import _quirks as quirks
 from torch_pconv.bench import LiveBytes
 
 

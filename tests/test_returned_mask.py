@@ -11,7 +11,7 @@ from helpers import MaskCase, holes, image, seeded
 
 from torch_pconv import PartialConv2d, PConv2d
 from torch_pconv import reference as nvidia
-from torch_pconv.masks import MaskLayout
+from torch_pconv._masks import MaskLayout
 
 CASES = [MaskCase(layout) for layout in (MaskLayout.SHARED, MaskLayout.SINGLE, MaskLayout.MULTI)]
 

@@ -5,8 +5,8 @@
 >>> output, mask = layer(image, mask)   # mask: 1 valid, 0 hole
 """
 
+from ._masks import PConvError
 from .convert import convert
-from .masks import PConvError
 from .pconv import PartialConv1d, PartialConv2d, PartialConv3d, PConv1d, PConv2d, PConv3d
 
 __version__ = "0.2.0"

@@ -16,8 +16,6 @@ import torch
 from . import check
 from .bench import cli as bench
 
-__all__ = ["device_problem", "main"]
-
 # What torch.Generator.manual_seed takes: a signed or unsigned 64-bit integer.
 _SEEDS = (-(2**63), 2**64 - 1)
 

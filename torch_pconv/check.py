@@ -33,22 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from . import reference
+from ._masks import MaskLayout
 from .holes import random_holes, rectangle_holes, stroke_holes
-from .masks import MaskLayout
 from .pconv import PConv2d, PConv3d
-
-__all__ = [
-    "CASES",
-    "Case",
-    "Comparison",
-    "add_arguments",
-    "build_pair",
-    "compare",
-    "main",
-    "make_mask",
-    "relative_error",
-    "run_check",
-]
 
 
 def relative_error(ours: Tensor, ref: Tensor) -> float:

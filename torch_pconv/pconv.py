@@ -10,8 +10,8 @@ from torch.autograd import forward_ad
 from torch.nn.common_types import _size_1_t, _size_2_t, _size_3_t
 from torch.nn.modules.conv import _ConvNd
 
-from .function import Geometry, PartialConvFunction, partial_conv
-from .masks import (
+from ._function import Geometry, PartialConvFunction, partial_conv
+from ._masks import (
     MaskLayout,
     PConvError,
     channels_per_pixel,
@@ -25,7 +25,7 @@ from .masks import (
     valid_map,
     window_size,
 )
-from .quirks import (
+from ._quirks import (
     autocast_dtype,
     autocast_enabled,
     autocast_off,
@@ -273,7 +273,7 @@ class _PartialConvNd(_ConvNd):
         # differentiate); compilers, tracers and exporters (a compiler then chooses what to keep
         # for backward); padding modes other than zeros, which pad inside nn.ConvNd, where the
         # Function does not model them; torch.func transforms, which nest where a Function's
-        # rules do not (see quirks). Everything else takes the Function, or, with neither grad
+        # rules do not (see _quirks). Everything else takes the Function, or, with neither grad
         # nor a forward-mode tangent, runs its forward directly.
         if differentiable_mask:
             conv, legacy, masking = self._conv_forward, self.legacy_behaviour, mask_input_differentiable_mask

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import reference
+from .._masks import MaskLayout
 from ..holes import random_holes
-from ..masks import MaskLayout
 from ..pconv import PartialConv2d, PConv2d
 from .configs import Config, Settings
 
@@ -228,7 +228,7 @@ def load_baseline(path: str | Path, name: str = BASELINE_MODULE) -> type[nn.Modu
     """``PConv2d`` of another build of this package: a checkout, or its ``torch_pconv`` folder.
 
     The package is imported under ``name``, with its submodules, so that its relative imports
-    (``from .masks import ...``) resolve within it and never reach the installed torch_pconv.
+    (``from ._masks import ...``) resolve within it and never reach the installed torch_pconv.
     A second call replaces what an earlier one loaded under ``name``.
     """
     path = Path(path)

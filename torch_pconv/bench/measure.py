@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from .. import quirks
+from .. import _quirks
 from .configs import HOOKS
 from .impls import Inputs
 
@@ -249,7 +249,7 @@ def _windows_from_profile(prof: profile) -> dict[str, tuple[int, int]]:
     inside an operator), so this reads the raw event tree, where each allocation and free is
     an event of its own with its size. Empty where this torch does not expose it.
     """
-    found = quirks.profile_events(prof)
+    found = _quirks.profile_events(prof)
     if found is None:
         return {}
     allocations, events = found

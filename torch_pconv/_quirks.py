@@ -43,17 +43,6 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "autocast_dtype",
-    "autocast_enabled",
-    "autocast_off",
-    "compiling_or_tracing",
-    "dispatch_mode_active",
-    "functorch_transform_active",
-    "is_compiling",
-    "profile_events",
-]
-
 
 def _find_is_compiling() -> Callable[[], bool]:
     compiler = getattr(torch, "compiler", None)

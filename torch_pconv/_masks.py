@@ -27,24 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .quirks import autocast_enabled, autocast_off
-
-__all__ = [
-    "EPS",
-    "MaskLayout",
-    "PConvError",
-    "channels_per_pixel",
-    "check_input",
-    "count_dtype",
-    "mask_input",
-    "mask_input_constant",
-    "mask_input_differentiable_mask",
-    "ratio_and_update",
-    "read_layout",
-    "valid_count",
-    "valid_map",
-    "window_size",
-]
+from ._quirks import autocast_enabled, autocast_off
 
 # NVIDIA's eps. It only matters where the count is 0, and there the ratio is selected to 0, but it
 # is kept in the division so that float64 results agree with the reference (1e-8 is not

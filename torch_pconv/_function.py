@@ -22,9 +22,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .masks import _CONV, mask_input, mask_input_constant
-
-__all__ = ["Conv", "Geometry", "PartialConvFunction", "partial_conv"]
+from ._masks import _CONV, mask_input, mask_input_constant
 
 
 class Geometry(NamedTuple):
@@ -56,7 +54,7 @@ def partial_conv(
     """The forward, as plain torch ops: what the Function computes, and what compilers, tracers,
     exporters and the paths the Function does not model record. ``conv(input, weight, bias)`` is
     the weight convolution (a layer's ``_conv_forward``, with its padding mode); ``masking`` is
-    :func:`~torch_pconv.masks.mask_input` (differentiable in the input in every mode), its twin
+    :func:`~torch_pconv._masks.mask_input` (differentiable in the input in every mode), its twin
     for a mask that carries a derivative, or its bit-operation twin in the Function's forward.
 
     Shape:
