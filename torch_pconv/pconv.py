@@ -44,63 +44,36 @@ __all__ = ["PConv1d", "PConv2d", "PConv3d", "PartialConv1d", "PartialConv2d", "P
 # Distinct spatial sizes (times devices, dtypes, inference modes) whose mask=None ratio is kept.
 _CACHE_SIZE = 8
 
-_DIMS = {
-    1: ("1-D signals", "Conv1d", "L"),
-    2: ("images", "Conv2d", "H, W"),
-    3: ("volumes", "Conv3d", "D, H, W"),
-}
-_EXAMPLE_SIZE = {1: "32", 2: "32, 32", 3: "8, 32, 32"}
-_HOLE = {1: "8:24", 2: "8:24, 8:24", 3: "2:6, 8:24, 8:24"}
+# The pieces that the six class docstrings share, inserted with str.format as torch/nn/modules/conv.py
+# inserts its notes: each class's help() is complete, and each piece is written once. "formula" is
+# the one statement of what a partial convolution computes; other docstrings point to it as "the
+# formula in the layers' docstrings" (help(torch_pconv.PConv2d)).
+_NOTES = {
+    "formula": """With a mask of 1 (valid) and 0 (hole), at each output position:
 
+        count  = sum of the mask under the window
+        update = clamp(count, 0, 1)
+        ratio  = window_size / (count + 1e-8) · update   if count > 0
+               = 0                                       if count = 0
+        output = conv(input ⊙ mask) · ratio · update + bias · update
 
-def _docstring(dims: int, drop_in: bool = False) -> str:
-    """The class docstring of PConv{dims}d (or of PartialConv{dims}d with ``drop_in``)."""
-    what, conv, names = _DIMS[dims]
-    name = f"PartialConv{dims}d" if drop_in else f"PConv{dims}d"
-    size, hole = _EXAMPLE_SIZE[dims], _HOLE[dims]
-    out = ", ".join(n.strip() + "'" for n in names.split(","))
-    view = "" if drop_in else "; from PConvNd an expanded view of one channel: ``.contiguous()`` copies it"
-    kernel = "k" if dims == 1 else "·".join(f"k{n.strip()}" for n in names.split(","))
-    if drop_in:
-        intro = (
-            f"A drop-in for NVIDIA's ``{name}``: :class:`PConv{dims}d` with NVIDIA's default\n"
-            "    ``return_mask=False``, so that ``forward`` returns the output alone, and a multi-channel\n"
-            "    update mask (with ``return_mask=True``) that is a tensor of its own, as NVIDIA's is."
-        )
-        example_call = "output = layer(x, mask)"
-        example_shape = "output.shape"
-        example_result = f"torch.Size([2, 16, {size}])"
-        return_mask = "False"
-    else:
-        intro = (
-            f"A partial convolution over {what}: an ``nn.{conv}`` that convolves only the valid\n"
-            "    entries of its input and rescales each output by how much of its window was valid."
-        )
-        example_call = "output, new_mask = layer(x, mask)"
-        example_shape = "output.shape, new_mask.shape"
-        example_result = f"(torch.Size([2, 16, {size}]), torch.Size([2, 1, {size}]))"
-        return_mask = "True"
-    return f"""{intro}
-
-    For a mask of 1 (valid) and 0 (hole), at each output position:
-
-        count  = valid input entries under the window   (one no-grad convolution, exact integers)
-        ratio  = window_size / (count + 1e-8)  where count > 0, else 0
-        update = clamp(count, 0, 1)                      (the mask for the next layer)
-        output = conv(input * mask, weight) * ratio + bias * update
-
-    ``window_size`` is ``C_in·{kernel}`` for a multi-channel mask or a mask without a channel
-    dimension (the same mask for every channel), ``{kernel}`` for a one-channel mask: NVIDIA's
-    arithmetic, operation for operation. A float mask may hold fractions, which follow that
-    arithmetic; in a bool or integer mask, nonzero is valid. The mask is a constant: no gradient
-    flows to it.
-
-    Args:
-        in_channels (int): Number of channels in the input.
+    ``conv`` is the layer's convolution without its bias, and ``input ⊙ mask`` is the elementwise
+    product, which is 0 under a hole even where the input is NaN or inf. ``window_size`` is the
+    number of mask entries a window spans: ``C_in · prod(kernel_size)`` for a mask of ``C_in``
+    channels or a mask without a channel dimension (the same mask for every channel, counted once
+    per channel), ``prod(kernel_size)`` for a one-channel mask. ``count`` comes from a no-grad
+    convolution in float32 or wider: exact for a 0/1 mask, whatever the input's dtype. ``update``
+    is the mask for the next layer. With ``bias=False``, ``output = conv(input ⊙ mask) · ratio``.
+    This is NVIDIA's arithmetic, operation for operation; the ``· update`` factors change nothing
+    for a 0/1 mask, only for a fractional one. Padding counts as holes, and ``mask_in=None`` is a
+    mask of ones: partial-convolution-based padding. A float mask may hold fractions; in a bool
+    or integer mask, nonzero is valid. ``count``, ``ratio`` and ``update`` are constants; a float
+    mask that requires grad gets NVIDIA's gradient, through ``input ⊙ mask`` alone.""",
+    "args": """in_channels (int): Number of channels in the input.
         out_channels (int): Number of channels produced by the convolution.
         kernel_size (int or tuple): Size of the convolving kernel.
         stride (int or tuple, optional): Stride of the convolution. Default: 1
-        padding (int, tuple or str, optional): Zero padding added to all sides of the input, or
+        padding (int or tuple or str, optional): Zero padding added to all sides of the input, or
             ``'valid'`` or ``'same'``. Padded positions count as holes. Default: 0
         dilation (int or tuple, optional): Spacing between kernel elements. Default: 1
         groups (int, optional): Number of blocked connections from input to output channels.
@@ -112,40 +85,15 @@ def _docstring(dims: int, drop_in: bool = False) -> str:
             zero-padded). Default: ``'zeros'``
         device (torch.device, optional): Where the parameters are made. Default: None
         dtype (torch.dtype, optional): The parameters' dtype. Default: None
-        multi_channel (bool, keyword-only): A mask with a channel dimension has ``C_in`` channels,
-            one per input channel (NVIDIA's flag). Default: ``False``
-        return_mask (bool, keyword-only): ``forward`` returns ``(output, update_mask)`` rather
-            than the output alone. Default: ``{return_mask}``
-        legacy_behaviour (bool, keyword-only): Add the bias inside the convolution and take it
-            out again, as NVIDIA's layer does, to match its float32 forward bit for bit (for 0/1
-            masks). Default: ``False``
-
-    Shape:
-        - Input: ``(B, C_in, {names})``, floating point
-        - Mask: ``None`` (partial-convolution-based padding: every input entry valid), or
-          ``(B, {names})`` (one mask for every channel), ``(B, 1, {names})`` (NVIDIA's one-channel
-          mask), or ``(B, C_in, {names})`` with ``multi_channel=True``; a batch of 1 broadcasts
-          over the input's batch
-        - Output: ``(B, C_out, {out})``, each spatial size as for ``nn.{conv}``:
-
-                out = floor((in + 2 * padding - dilation * (kernel_size - 1) - 1) / stride + 1)
-
-        - Update mask (with ``return_mask``), in the mask's layout and the input's dtype:
-          ``(B, {out})``, ``(B, 1, {out})``, or ``(B, C_out, {out})`` (every channel
-          equal{view}); with ``mask=None``, ``(1, 1, {out})``, or ``(B, C_out, {out})`` with
-          ``multi_channel=True``
-
-    Examples:
-        >>> import torch
-        >>> from torch_pconv import {name}
-        >>> layer = {name}(3, 16, kernel_size=3, padding=1)
-        >>> x = torch.randn(2, 3, {size})
-        >>> mask = torch.ones(2, 1, {size})
-        >>> mask[..., {hole}] = 0  # a hole
-        >>> {example_call}
-        >>> {example_shape}
-        {example_result}
-    """
+        multi_channel (bool, optional): Keyword-only. A mask with a channel dimension has ``C_in``
+            channels, one per input channel (NVIDIA's flag). Default: ``False``""",
+    "legacy_behaviour": """legacy_behaviour (bool, optional): Keyword-only. Add the bias inside the convolution and
+            take it out again, as NVIDIA's layer does, to match its float32 forward bit for bit
+            (for 0/1 masks); the formula is the same. Default: ``False``""",
+    "raises": """ValueError: Arguments that ``nn.Conv*d`` rejects, such as ``groups`` that does not
+            divide both channel counts. ``PConvError`` comes from ``forward``, for a bad input or
+            mask.""",
+}
 
 
 def _apply(*args: Any) -> Tensor:
@@ -355,11 +303,25 @@ class _PartialConvNd(_ConvNd):
         return update
 
     def get_weight(self) -> Tensor:
-        """The weight parameter (torch-pconv 0.1.1 API)."""
+        """The weight parameter (torch-pconv 0.1.1 API).
+
+        Returns:
+            ``self.weight``, shape ``(C_out, C_in // groups, *kernel_size)``.
+        """
         return self.weight
 
     def set_weight(self, weight: Tensor) -> Self:
-        """Copy ``weight`` into the weight parameter and return the layer (torch-pconv 0.1.1 API)."""
+        """Copy ``weight`` into the weight parameter (torch-pconv 0.1.1 API).
+
+        Args:
+            weight: A tensor of the weight's shape.
+
+        Returns:
+            The layer itself.
+
+        Raises:
+            PConvError: ``weight`` is not a tensor, or not of the weight's shape.
+        """
         if not isinstance(weight, Tensor):
             raise PConvError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
         if weight.shape != self.weight.shape:
@@ -369,12 +331,26 @@ class _PartialConvNd(_ConvNd):
         return self
 
     def get_bias(self) -> Tensor | None:
-        """The bias parameter, shape ``(out_channels,)``, or None (torch-pconv 0.1.1 API)."""
+        """The bias parameter (torch-pconv 0.1.1 API).
+
+        Returns:
+            ``self.bias``, shape ``(C_out,)``, or None for a layer built with ``bias=False``.
+        """
         return self.bias
 
     def set_bias(self, bias: Tensor) -> Self:
-        """Copy ``bias`` into the bias parameter and return the layer; any shape of ``out_channels``
-        elements, such as 0.1.1's ``(1, out_channels, 1, 1)`` (torch-pconv 0.1.1 API)."""
+        """Copy ``bias`` into the bias parameter (torch-pconv 0.1.1 API).
+
+        Args:
+            bias: A tensor of ``C_out`` elements, in any shape, such as 0.1.1's ``(1, C_out, 1, 1)``.
+
+        Returns:
+            The layer itself.
+
+        Raises:
+            PConvError: ``bias`` is not a tensor or holds another number of elements, or the
+                layer was built with ``bias=False``.
+        """
         if not isinstance(bias, Tensor):
             raise PConvError(f"bias: expected a torch.Tensor, got {type(bias).__name__}")
         if self.bias is None:
@@ -433,7 +409,46 @@ class _PartialConvNd(_ConvNd):
 
 
 class PConv1d(_PartialConvNd, nn.Conv1d):
-    __doc__ = _docstring(1)
+    __doc__ = """A partial convolution over 1-D signals: an ``nn.Conv1d`` that convolves only the valid
+    entries of its input and rescales each output by how much of its window was valid.
+
+    {formula}
+
+    Args:
+        {args}
+        return_mask (bool, optional): Keyword-only. ``forward`` returns ``(output, update_mask)``
+            rather than the output alone. Default: ``True``
+        {legacy_behaviour}
+
+    Raises:
+        {raises}
+
+    Shape:
+        - Input: ``(B, C_in, L)``, floating point.
+        - Mask: ``None`` (every entry valid), ``(B, L)`` (one mask for every channel),
+          ``(B, 1, L)`` (NVIDIA's one-channel mask), or ``(B, C_in, L)`` with
+          ``multi_channel=True``. A mask or an input of batch 1 broadcasts over the other's batch.
+        - Output: ``(B, C_out, L')``, with ``L'`` as for ``nn.Conv1d``:
+          ``(L + 2·padding - dilation·(kernel_size - 1) - 1) // stride + 1``.
+        - Update mask (with ``return_mask``), in the mask's layout and the input's dtype:
+          ``(B, L')``, ``(B, 1, L')``, or ``(B, C_out, L')`` (every channel equal: an expanded view
+          of one channel, which ``.contiguous()`` copies); with ``mask=None``, ``(1, 1, L')``, or
+          ``(B, C_out, L')`` with ``multi_channel=True``.
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv import PConv1d
+        >>> layer = PConv1d(1, 1, kernel_size=3, padding=1, bias=False)
+        >>> _ = torch.nn.init.ones_(layer.weight)  # sums of windows
+        >>> signal = torch.ones(1, 1, 8)
+        >>> mask = torch.tensor([[[1, 1, 0, 0, 0, 0, 1, 1]]])  # 0: a hole
+        >>> with torch.no_grad():
+        ...     output, new_mask = layer(signal, mask)
+        >>> output  # as if every window with a valid entry were all valid
+        tensor([[[3., 3., 3., 0., 0., 3., 3., 3.]]])
+        >>> new_mask  # the hole shrinks by one entry on each side
+        tensor([[[1., 1., 1., 0., 0., 1., 1., 1.]]])
+    """.format(**_NOTES)
 
     def __init__(
         self,
@@ -461,15 +476,64 @@ class PConv1d(_PartialConvNd, nn.Conv1d):
     # Returns Tensor | tuple[Tensor, Tensor], by return_mask: typed Any, which nn.ConvNd's
     # forward (-> Tensor) admits as an override.
     def forward(self, input: Tensor, mask_in: Tensor | None = None) -> Any:
-        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; see Shape).
+        """The partial convolution of ``input`` under ``mask_in`` (the formula of the class docstring).
 
-        Returns the output, or ``(output, update_mask)`` when ``return_mask`` is set.
+        Args:
+            input: ``(B, C_in, L)``, floating point, in the dtype of the layer's parameters.
+            mask_in: 1 valid, 0 hole, in one of the layouts of the class's Shape section; ``None``
+                (every entry valid) for partial-convolution-based padding.
+
+        Returns:
+            (Tensor or tuple[Tensor, Tensor]): The output, or ``(output, update_mask)`` when
+                ``return_mask`` is set (see Shape).
+
+        Raises:
+            PConvError: An input or mask of the wrong type, rank, shape, dtype or device.
         """
         return self._partial_forward(input, mask_in)
 
 
 class PConv2d(_PartialConvNd, nn.Conv2d):
-    __doc__ = _docstring(2)
+    __doc__ = """A partial convolution over images: an ``nn.Conv2d`` that convolves only the valid
+    entries of its input and rescales each output by how much of its window was valid.
+
+    {formula}
+
+    Args:
+        {args}
+        return_mask (bool, optional): Keyword-only. ``forward`` returns ``(output, update_mask)``
+            rather than the output alone. Default: ``True``
+        {legacy_behaviour}
+
+    Raises:
+        {raises}
+
+    Shape:
+        - Input: ``(B, C_in, H, W)``, floating point.
+        - Mask: ``None`` (every entry valid), ``(B, H, W)`` (one mask for every channel),
+          ``(B, 1, H, W)`` (NVIDIA's one-channel mask), or ``(B, C_in, H, W)`` with
+          ``multi_channel=True``. A mask or an input of batch 1 broadcasts over the other's batch.
+        - Output: ``(B, C_out, H', W')``, each spatial size as for ``nn.Conv2d``:
+          ``(size + 2·padding - dilation·(kernel_size - 1) - 1) // stride + 1``.
+        - Update mask (with ``return_mask``), in the mask's layout and the input's dtype:
+          ``(B, H', W')``, ``(B, 1, H', W')``, or ``(B, C_out, H', W')`` (every channel equal: an
+          expanded view of one channel, which ``.contiguous()`` copies); with ``mask=None``,
+          ``(1, 1, H', W')``, or ``(B, C_out, H', W')`` with ``multi_channel=True``.
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv import PConv2d
+        >>> _ = torch.manual_seed(0)
+        >>> layer = PConv2d(3, 4, kernel_size=3, padding=1)
+        >>> image = torch.randn(2, 3, 8, 8)
+        >>> mask = torch.ones(2, 1, 8, 8)
+        >>> mask[..., 2:6, 2:6] = 0  # a 4×4 hole
+        >>> output, new_mask = layer(image, mask)
+        >>> output.shape, new_mask.shape
+        (torch.Size([2, 4, 8, 8]), torch.Size([2, 1, 8, 8]))
+        >>> new_mask[0, 0, 4]  # the hole shrinks by one pixel on each side
+        tensor([1., 1., 1., 0., 0., 1., 1., 1.])
+    """.format(**_NOTES)
 
     def __init__(
         self,
@@ -497,15 +561,63 @@ class PConv2d(_PartialConvNd, nn.Conv2d):
     # Returns Tensor | tuple[Tensor, Tensor], by return_mask: typed Any, which nn.ConvNd's
     # forward (-> Tensor) admits as an override.
     def forward(self, input: Tensor, mask_in: Tensor | None = None) -> Any:
-        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; see Shape).
+        """The partial convolution of ``input`` under ``mask_in`` (the formula of the class docstring).
 
-        Returns the output, or ``(output, update_mask)`` when ``return_mask`` is set.
+        Args:
+            input: ``(B, C_in, H, W)``, floating point, in the dtype of the layer's parameters.
+            mask_in: 1 valid, 0 hole, in one of the layouts of the class's Shape section; ``None``
+                (every entry valid) for partial-convolution-based padding.
+
+        Returns:
+            (Tensor or tuple[Tensor, Tensor]): The output, or ``(output, update_mask)`` when
+                ``return_mask`` is set (see Shape).
+
+        Raises:
+            PConvError: An input or mask of the wrong type, rank, shape, dtype or device.
         """
         return self._partial_forward(input, mask_in)
 
 
 class PConv3d(_PartialConvNd, nn.Conv3d):
-    __doc__ = _docstring(3)
+    __doc__ = """A partial convolution over volumes: an ``nn.Conv3d`` that convolves only the valid
+    entries of its input and rescales each output by how much of its window was valid.
+
+    {formula}
+
+    Args:
+        {args}
+        return_mask (bool, optional): Keyword-only. ``forward`` returns ``(output, update_mask)``
+            rather than the output alone. Default: ``True``
+        {legacy_behaviour}
+
+    Raises:
+        {raises}
+
+    Shape:
+        - Input: ``(B, C_in, D, H, W)``, floating point.
+        - Mask: ``None`` (every entry valid), ``(B, D, H, W)`` (one mask for every channel),
+          ``(B, 1, D, H, W)`` (NVIDIA's one-channel mask), or ``(B, C_in, D, H, W)`` with
+          ``multi_channel=True``. A mask or an input of batch 1 broadcasts over the other's batch.
+        - Output: ``(B, C_out, D', H', W')``, each spatial size as for ``nn.Conv3d``:
+          ``(size + 2·padding - dilation·(kernel_size - 1) - 1) // stride + 1``.
+        - Update mask (with ``return_mask``), in the mask's layout and the input's dtype:
+          ``(B, D', H', W')``, ``(B, 1, D', H', W')``, or ``(B, C_out, D', H', W')`` (every
+          channel equal: an expanded view of one channel, which ``.contiguous()`` copies); with
+          ``mask=None``, ``(1, 1, D', H', W')``, or ``(B, C_out, D', H', W')`` with
+          ``multi_channel=True``.
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv import PConv3d
+        >>> _ = torch.manual_seed(0)
+        >>> layer = PConv3d(2, 4, kernel_size=3, padding=1)
+        >>> volume = torch.randn(1, 2, 4, 8, 8)
+        >>> mask = torch.ones(1, 4, 8, 8)  # (B, D, H, W): for every channel
+        >>> mask[:, 1:3, 2:6, 2:6] = 0  # a hole
+        >>> output, new_mask = layer(volume, mask)
+        >>> output.shape, new_mask.shape
+        (torch.Size([1, 4, 4, 8, 8]), torch.Size([1, 4, 8, 8]))
+    """.format(**_NOTES)
 
     def __init__(
         self,
@@ -533,15 +645,62 @@ class PConv3d(_PartialConvNd, nn.Conv3d):
     # Returns Tensor | tuple[Tensor, Tensor], by return_mask: typed Any, which nn.ConvNd's
     # forward (-> Tensor) admits as an override.
     def forward(self, input: Tensor, mask_in: Tensor | None = None) -> Any:
-        """The partial convolution of ``input`` under ``mask_in`` (1 valid, 0 hole; see Shape).
+        """The partial convolution of ``input`` under ``mask_in`` (the formula of the class docstring).
 
-        Returns the output, or ``(output, update_mask)`` when ``return_mask`` is set.
+        Args:
+            input: ``(B, C_in, D, H, W)``, floating point, in the dtype of the layer's parameters.
+            mask_in: 1 valid, 0 hole, in one of the layouts of the class's Shape section; ``None``
+                (every entry valid) for partial-convolution-based padding.
+
+        Returns:
+            (Tensor or tuple[Tensor, Tensor]): The output, or ``(output, update_mask)`` when
+                ``return_mask`` is set (see Shape).
+
+        Raises:
+            PConvError: An input or mask of the wrong type, rank, shape, dtype or device.
         """
         return self._partial_forward(input, mask_in)
 
 
 class PartialConv1d(PConv1d):
-    __doc__ = _docstring(1, drop_in=True)
+    __doc__ = """The drop-in class over 1-D signals: ``PConv1d`` with the defaults of NVIDIA's
+    ``PartialConv2d`` and ``PartialConv3d`` (NVIDIA ships no 1-D layer). ``forward`` returns the
+    output alone (``return_mask=False``), and a multi-channel update mask (with
+    ``return_mask=True``) is a tensor of its own, as NVIDIA's is.
+
+    {formula}
+
+    Args:
+        {args}
+        return_mask (bool, optional): Keyword-only. ``forward`` returns ``(output, update_mask)``
+            rather than the output alone. Default: ``False``
+        {legacy_behaviour}
+
+    Raises:
+        {raises}
+
+    Shape:
+        - Input: ``(B, C_in, L)``, floating point.
+        - Mask: ``None`` (every entry valid), ``(B, L)`` (one mask for every channel),
+          ``(B, 1, L)`` (NVIDIA's one-channel mask), or ``(B, C_in, L)`` with
+          ``multi_channel=True``. A mask or an input of batch 1 broadcasts over the other's batch.
+        - Output: ``(B, C_out, L')``, with ``L'`` as for ``nn.Conv1d``:
+          ``(L + 2·padding - dilation·(kernel_size - 1) - 1) // stride + 1``.
+        - Update mask (with ``return_mask=True``), in the mask's layout and the input's dtype:
+          ``(B, L')``, ``(B, 1, L')``, or ``(B, C_out, L')`` (every channel equal); with
+          ``mask=None``, ``(1, 1, L')``, or ``(B, C_out, L')`` with ``multi_channel=True``.
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv import PartialConv1d
+        >>> _ = torch.manual_seed(0)
+        >>> layer = PartialConv1d(3, 4, 3, padding=1, multi_channel=True)
+        >>> signal = torch.randn(2, 3, 16)
+        >>> mask = torch.ones(2, 3, 16)
+        >>> mask[..., 4:12] = 0  # a hole
+        >>> layer(signal, mask).shape  # the output alone
+        torch.Size([2, 4, 16])
+    """.format(**_NOTES)
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
     _expanded_mask: ClassVar[bool] = False
@@ -551,7 +710,44 @@ class PartialConv1d(PConv1d):
 
 
 class PartialConv2d(PConv2d):
-    __doc__ = _docstring(2, drop_in=True)
+    __doc__ = """A drop-in for NVIDIA's ``PartialConv2d``: ``PConv2d`` with NVIDIA's defaults.
+    ``forward`` returns the output alone (``return_mask=False``), and a multi-channel update mask
+    (with ``return_mask=True``) is a tensor of its own, as NVIDIA's is.
+
+    {formula}
+
+    Args:
+        {args}
+        return_mask (bool, optional): Keyword-only. ``forward`` returns ``(output, update_mask)``
+            rather than the output alone. Default: ``False``
+        {legacy_behaviour}
+
+    Raises:
+        {raises}
+
+    Shape:
+        - Input: ``(B, C_in, H, W)``, floating point.
+        - Mask: ``None`` (every entry valid), ``(B, H, W)`` (one mask for every channel),
+          ``(B, 1, H, W)`` (NVIDIA's one-channel mask), or ``(B, C_in, H, W)`` with
+          ``multi_channel=True``. A mask or an input of batch 1 broadcasts over the other's batch.
+        - Output: ``(B, C_out, H', W')``, each spatial size as for ``nn.Conv2d``:
+          ``(size + 2·padding - dilation·(kernel_size - 1) - 1) // stride + 1``.
+        - Update mask (with ``return_mask=True``), in the mask's layout and the input's dtype:
+          ``(B, H', W')``, ``(B, 1, H', W')``, or ``(B, C_out, H', W')`` (every channel equal);
+          with ``mask=None``, ``(1, 1, H', W')``, or ``(B, C_out, H', W')`` with
+          ``multi_channel=True``.
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv import PartialConv2d
+        >>> _ = torch.manual_seed(0)
+        >>> layer = PartialConv2d(3, 4, 3, padding=1, multi_channel=True)
+        >>> image = torch.randn(2, 3, 8, 8)
+        >>> mask = torch.ones(2, 3, 8, 8)
+        >>> mask[..., 2:6, 2:6] = 0  # a 4×4 hole
+        >>> layer(image, mask).shape  # the output alone
+        torch.Size([2, 4, 8, 8])
+    """.format(**_NOTES)
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
     _expanded_mask: ClassVar[bool] = False
@@ -561,7 +757,45 @@ class PartialConv2d(PConv2d):
 
 
 class PartialConv3d(PConv3d):
-    __doc__ = _docstring(3, drop_in=True)
+    __doc__ = """A drop-in for NVIDIA's ``PartialConv3d``: ``PConv3d`` with NVIDIA's defaults.
+    ``forward`` returns the output alone (``return_mask=False``), and a multi-channel update mask
+    (with ``return_mask=True``) is a tensor of its own, as NVIDIA's is.
+
+    {formula}
+
+    Args:
+        {args}
+        return_mask (bool, optional): Keyword-only. ``forward`` returns ``(output, update_mask)``
+            rather than the output alone. Default: ``False``
+        {legacy_behaviour}
+
+    Raises:
+        {raises}
+
+    Shape:
+        - Input: ``(B, C_in, D, H, W)``, floating point.
+        - Mask: ``None`` (every entry valid), ``(B, D, H, W)`` (one mask for every channel),
+          ``(B, 1, D, H, W)`` (NVIDIA's one-channel mask), or ``(B, C_in, D, H, W)`` with
+          ``multi_channel=True``. A mask or an input of batch 1 broadcasts over the other's batch.
+        - Output: ``(B, C_out, D', H', W')``, each spatial size as for ``nn.Conv3d``:
+          ``(size + 2·padding - dilation·(kernel_size - 1) - 1) // stride + 1``.
+        - Update mask (with ``return_mask=True``), in the mask's layout and the input's dtype:
+          ``(B, D', H', W')``, ``(B, 1, D', H', W')``, or ``(B, C_out, D', H', W')`` (every
+          channel equal); with ``mask=None``, ``(1, 1, D', H', W')``, or
+          ``(B, C_out, D', H', W')`` with ``multi_channel=True``.
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv import PartialConv3d
+        >>> _ = torch.manual_seed(0)
+        >>> layer = PartialConv3d(2, 4, 3, padding=1, return_mask=True)
+        >>> volume = torch.randn(1, 2, 4, 8, 8)
+        >>> mask = torch.ones(1, 1, 4, 8, 8)
+        >>> mask[..., 1:3, 2:6, 2:6] = 0  # a hole
+        >>> output, new_mask = layer(volume, mask)
+        >>> output.shape, new_mask.shape
+        (torch.Size([1, 4, 4, 8, 8]), torch.Size([1, 1, 4, 8, 8]))
+    """.format(**_NOTES)
 
     _defaults: ClassVar[dict[str, bool]] = {**_PartialConvNd._defaults, "return_mask": False}
     _expanded_mask: ClassVar[bool] = False
