@@ -4,6 +4,7 @@ still shows its traceback. Run in-process (main(argv)), but for one subprocess."
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import re
@@ -20,7 +21,7 @@ import torch
 pytest.importorskip("PIL")
 pytest.importorskip("pytorch_msssim")
 
-from torch_pconv.inpainting import cli, write_image
+from torch_pconv.inpainting import InpaintingLoss, TrainConfig, cli, write_image
 from torch_pconv.inpainting.train import CHECKPOINT
 
 train_module = importlib.import_module("torch_pconv.inpainting.train")
@@ -81,6 +82,50 @@ def trained(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _train(images: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--images", str(images), "--out", str(out), *TINY, "--steps", "2", *extra]
+
+
+# train: the options and TrainConfig -------------------------------------------------------------
+
+# The TrainConfig fields that no option of the same name sets: the loss weights (--valid, ...),
+# resume and progress (--no-resume, --no-progress), and batch_norm (tests only).
+NOT_OPTIONS = {"weights", "resume", "progress", "batch_norm"}
+
+
+def _train_help(capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines to the terminal's width
+
+
+def test_train_defaults_are_train_configs(capsys):
+    args = cli.build_parser().parse_args(["train", "--images", "x"])
+    paper = TrainConfig(images="x")
+    exposed = [field.name for field in dataclasses.fields(TrainConfig) if field.name in vars(args)]
+    assert set(exposed) == {field.name for field in dataclasses.fields(TrainConfig)} - NOT_OPTIONS
+    for name in exposed:
+        assert getattr(args, name) == getattr(paper, name), name
+    assert cli._train_config(args) == paper
+    text = _train_help(capsys)
+    for name, weight in InpaintingLoss().weights.items():  # left out: InpaintingLoss's own
+        assert f"--{name} {name.upper()} {name} loss weight (default: {weight:g})" in text
+
+
+def test_a_changed_train_config_default_shows_in_the_parser(monkeypatch, capsys):
+    @dataclasses.dataclass
+    class Changed(TrainConfig):
+        size: int = 512
+        lr: float = 1e-3
+        vgg: str | None = None
+        seed: int = 7
+        amp: bool = True
+
+    monkeypatch.setattr(cli, "TrainConfig", Changed)
+    args = cli.build_parser().parse_args(["train", "--images", "x"])
+    assert (args.size, args.lr, args.vgg, args.seed, args.amp) == (512, 1e-3, None, 7, True)
+    assert cli._train_config(args) == Changed(images="x")
+    assert "crop side (default: 512)" in _train_help(capsys)
+    # eval's own defaults are not TrainConfig's
+    assert cli.build_parser().parse_args(["eval", "--images", "x"]).seed == 0
 
 
 # train: usage errors, found before --out is created ----------------------------------------------

@@ -3,10 +3,22 @@ Convolutions" (ECCV 2018), on top of :class:`torch_pconv.PConv2d`: the network, 
 masks, the metrics and the training loop. Needs the ``inpainting`` extra (Pillow and
 pytorch-msssim): ``pip install "torch_pconv[inpainting]"``.
 
->>> from torch_pconv.inpainting import PConvUNet, InpaintingLoss, VGG16Features
->>> model = PConvUNet(layers=7)                          # 256x256 images
->>> loss = InpaintingLoss(VGG16Features("cache"))        # torchvision's ImageNet VGG-16
->>> terms = loss(model(image * mask, mask), image, mask) # a dict; terms["total"] to backpropagate
+One training step, on a network small enough for 32×32 images (the paper's is
+``PConvUNet(layers=7)`` for 256×256 images, with ``VGG16Features("cache")``: torchvision's
+ImageNet VGG-16):
+
+>>> import torch
+>>> from torch_pconv.inpainting import InpaintingLoss, MaskGenerator, PConvUNet, VGG16Features
+>>> model = PConvUNet(layers=3, widths=(16, 32, 64))  # sides: multiples of 2**3
+>>> loss = InpaintingLoss(VGG16Features())  # random VGG-16 weights, for this example
+>>> optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+>>> image = torch.rand(2, 3, 32, 32)
+>>> mask = torch.stack([MaskGenerator(32)[i] for i in range(2)])  # 1 valid, 0 hole
+>>> terms = loss(model(image * mask, mask), image, mask)  # a dict of the loss terms
+>>> terms["total"].backward()
+>>> optimizer.step()
+
+The command line trains, evaluates and fills: ``python -m torch_pconv inpaint --help``.
 """
 
 from ._deps import require

@@ -14,6 +14,15 @@ def mean_fill(image: Tensor, mask: Tensor) -> Tensor:
 
     Shape:
         - image: ``(B, C, H, W)``; mask: ``(B, 1, H, W)``, 1 valid, 0 hole; output: like image
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import mean_fill
+        >>> image = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+        >>> mask = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])  # a hole at the top left
+        >>> mean_fill(image, mask)
+        tensor([[[[2., 1.],
+                  [2., 3.]]]])
     """
     valid = mask.sum((-2, -1), keepdim=True).clamp_min(1)
     mean = (image * mask).sum((-2, -1), keepdim=True) / valid
@@ -26,11 +35,23 @@ def diffusion_fill(image: Tensor, mask: Tensor, iterations: int = 100, min_side:
     (each level starts from the coarser level's fill, so that wide holes converge too).
 
     Args:
+        image: the images; what the holes hold is ignored.
+        mask: 1 valid, 0 hole.
         iterations: Jacobi iterations at each level of the pyramid.
         min_side: the coarsest level's smaller side.
 
     Shape:
         - image: ``(B, C, H, W)``; mask: ``(B, 1, H, W)``, 1 valid, 0 hole; output: like image
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import diffusion_fill
+        >>> ramp = torch.linspace(0, 1, 8).expand(1, 1, 8, 8)
+        >>> mask = torch.ones(1, 1, 8, 8)
+        >>> mask[..., 2:6, 2:6] = 0
+        >>> filled = diffusion_fill(ramp * mask, mask)
+        >>> bool((filled - ramp).abs().max() < 1e-5)  # a linear ramp is harmonic: filled exactly
+        True
     """
     mask = mask.to(image.dtype)
     height, width = image.shape[-2:]

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from ._deps import require
 from .data import list_images, read_image, read_mask, write_image
 from .evaluate import BASELINES, evaluate, evaluation_set
-from .loss import VGGWeightsError, VGGWeightsNotFoundError
+from .loss import InpaintingLoss, VGGWeightsError, VGGWeightsNotFoundError
 from .masks import MaskFolder
 from .metrics import format_table
 from .model import PConvUNet, inpaint
@@ -44,41 +45,7 @@ _T = TypeVar("_T")
 
 
 def _train(args: argparse.Namespace) -> int:
-    weights = {
-        k: getattr(args, k) for k in ("valid", "hole", "perceptual", "style", "tv") if getattr(args, k) is not None
-    }
-    config = TrainConfig(
-        images=args.images,
-        out=args.out,
-        masks=args.masks,
-        hole_value=args.hole_value,
-        size=args.size,
-        batch=args.batch,
-        steps=args.steps,
-        fine_tune_steps=args.fine_tune_steps,
-        lr=args.lr,
-        fine_tune_lr=args.fine_tune_lr,
-        schedule=args.schedule,
-        warmup_steps=args.warmup_steps,
-        mask_pool=args.mask_pool,
-        layers=args.layers,
-        widths=tuple(args.widths) if args.widths else None,
-        kernels=tuple(args.kernels) if args.kernels else None,
-        vgg=None if args.no_vgg else args.vgg,
-        weights=weights,
-        samples_per_epoch=args.samples_per_epoch,
-        cache_images=args.cache_images,
-        seed=args.seed,
-        workers=args.workers,
-        log_every=args.log_every,
-        grid_every=args.grid_every,
-        checkpoint_every=args.checkpoint_every,
-        resume=not args.no_resume,
-        amp=args.amp,
-        sync_bn=args.sync_bn,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    config = _train_config(args)
     checkpoint = Path(config.out) / CHECKPOINT
     before = _modified(checkpoint)
     try:
@@ -92,6 +59,23 @@ def _train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"step {result['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "step"))
     return 0
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed ``train`` options: the options named as its fields carry over as
+    they are, and the few that differ in name or type are converted here."""
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    settings = {name: value for name, value in vars(args).items() if name in fields}
+    # nargs="+" gives lists; a TrainConfig holds tuples (it is compared on resume, and saved).
+    settings["widths"] = tuple(args.widths) if args.widths else None
+    settings["kernels"] = tuple(args.kernels) if args.kernels else None
+    settings["vgg"] = None if args.no_vgg else args.vgg
+    # Only the weights given: the others stay InpaintingLoss's (the paper's).
+    settings["weights"] = {name: getattr(args, name) for name in _LOSS_WEIGHTS if getattr(args, name) is not None}
+    # Flags that turn a default off: their dataclass fields are True by default.
+    settings["resume"] = not args.no_resume
+    settings["progress"] = not args.no_progress
+    return TrainConfig(**settings)
 
 
 def _modified(path: Path) -> int | None:
@@ -213,6 +197,8 @@ def _found(root: str, option: str, find: Callable[[str], _T]) -> _T:
 
 
 _PROG = "python -m torch_pconv inpaint"
+# The loss weights that `train` takes, one option each, as InpaintingLoss's arguments.
+_LOSS_WEIGHTS = ("valid", "hole", "perceptual", "style", "tv")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,41 +206,49 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     t = commands.add_parser("train", help="train a PConvUNet; resumes from OUT/checkpoint.pt if present")
+    # Every default is TrainConfig's: one source for each (_train_config builds one from the options).
+    config = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+
+    def setting(flag: str, **kwargs: Any) -> None:
+        """An option for the TrainConfig field of its name (--fine-tune-lr: fine_tune_lr), with its default."""
+        t.add_argument(flag, default=config[flag[2:].replace("-", "_")], **kwargs)
+
     t.add_argument("--images", required=True, help="folder of training images")
-    t.add_argument("--masks", help="folder of mask images (default: the irregular mask generator)")
-    t.add_argument("--out", default="inpainting-run", help="checkpoints, log.jsonl and grids (default: %(default)s)")
-    t.add_argument("--size", type=int, default=256, help="crop side (default: %(default)s)")
-    t.add_argument("--batch", type=int, default=6, help="batch per process (default: the paper's %(default)s)")
-    t.add_argument("--steps", type=int, default=800_000, help="first phase steps (default: %(default)s)")
-    t.add_argument("--fine-tune-steps", type=int, default=500_000, help="second phase steps (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=2e-4, help="first phase learning rate (default: %(default)s)")
-    t.add_argument("--fine-tune-lr", type=float, default=5e-5, help="fine-tuning learning rate (default: %(default)s)")
-    t.add_argument(
+    setting("--masks", help="folder of mask images (default: the irregular mask generator)")
+    setting("--out", help="checkpoints, log.jsonl and grids (default: %(default)s)")
+    setting("--size", type=int, help="crop side (default: %(default)s)")
+    setting("--batch", type=int, help="batch per process (default: the paper's %(default)s)")
+    setting("--steps", type=int, help="first phase steps (default: %(default)s)")
+    setting("--fine-tune-steps", type=int, help="second phase steps (default: %(default)s)")
+    setting("--lr", type=float, help="first phase learning rate (default: %(default)s)")
+    setting("--fine-tune-lr", type=float, help="fine-tuning learning rate (default: %(default)s)")
+    setting(
         "--schedule",
-        default="constant",
         choices=SCHEDULES,
-        help="first phase learning rate: constant (the paper) or a warm-up and cosine decay to 0 (default: constant)",
+        help="first phase learning rate: constant (the paper) or a warm-up and cosine decay to 0 "
+        "(default: %(default)s)",
     )
-    t.add_argument("--warmup-steps", type=int, default=0, help="warm-up steps of the cosine schedule (default: 0)")
-    t.add_argument("--mask-pool", type=int, help="generated masks: draw this many, then flip and transpose them")
-    t.add_argument("--layers", type=int, default=7, help="encoder depth: 7 for 256 px, 8 for 512 (default: 7)")
-    t.add_argument("--widths", type=int, nargs="+", help="encoder widths (default: the paper's)")
-    t.add_argument("--kernels", type=int, nargs="+", help="encoder kernel sizes (default: the paper's)")
-    t.add_argument("--vgg", default="cache", help="VGG-16 weights file, or 'cache' for torch's checkpoint cache")
+    setting("--warmup-steps", type=int, help="warm-up steps of the cosine schedule (default: %(default)s)")
+    setting("--mask-pool", type=int, help="generated masks: draw this many, then flip and transpose them")
+    setting("--layers", type=int, help="encoder depth: 7 for 256 px, 8 for 512 (default: %(default)s)")
+    setting("--widths", type=int, nargs="+", help="encoder widths (default: the paper's)")
+    setting("--kernels", type=int, nargs="+", help="encoder kernel sizes (default: the paper's)")
+    setting("--vgg", help="VGG-16 weights file, or 'cache' for torch's checkpoint cache")
     t.add_argument("--no-vgg", action="store_true", help="no perceptual and style terms (no VGG-16 needed)")
-    for name, default in (("valid", 1), ("hole", 6), ("perceptual", 0.05), ("style", 120), ("tv", 0.1)):
-        t.add_argument(f"--{name}", type=float, help=f"{name} loss weight (default: {default})")
-    t.add_argument("--samples-per-epoch", type=int, help="crops per epoch (default: one per image)")
-    t.add_argument("--cache-images", action="store_true", help="keep decoded images in memory")
-    t.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: 0)")
-    t.add_argument("--log-every", type=int, default=50, help="steps between log lines (default: %(default)s)")
-    t.add_argument("--grid-every", type=int, default=1000, help="steps between PNG grids (default: %(default)s)")
-    t.add_argument(
-        "--checkpoint-every", type=int, default=5000, help="steps between checkpoints (default: %(default)s)"
-    )
+    # Left out: InpaintingLoss's own default (TrainConfig.weights holds only the weights given).
+    paper = InpaintingLoss().weights
+    for name in _LOSS_WEIGHTS:
+        t.add_argument(f"--{name}", type=float, help=f"{name} loss weight (default: {paper[name]:g})")
+    setting("--samples-per-epoch", type=int, help="crops per epoch (default: one per image)")
+    setting("--cache-images", action="store_true", help="keep decoded images in memory")
+    setting("--workers", type=int, help="DataLoader workers (default: %(default)s)")
+    setting("--log-every", type=int, help="steps between log lines (default: %(default)s)")
+    setting("--grid-every", type=int, help="steps between PNG grids (default: %(default)s)")
+    setting("--checkpoint-every", type=int, help="steps between checkpoints (default: %(default)s)")
+    # Flags that turn off what TrainConfig turns on (resume, progress): _train_config inverts them.
     t.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
-    t.add_argument("--amp", action="store_true", help="mixed precision (autocast; a GradScaler on CUDA)")
-    t.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA only)")
+    setting("--amp", action="store_true", help="mixed precision (autocast; a GradScaler on CUDA)")
+    setting("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA only)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(run=_train)
 
@@ -278,7 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (t, e, f):
         sub.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
         sub.add_argument("--device", help="torch device, such as cpu or cuda:1 (default: cuda if available, else cpu)")
-        sub.add_argument("--hole-value", type=int, default=0, choices=(0, 255), help="mask value of holes (default: 0)")
+        sub.add_argument(
+            "--hole-value", type=int, default=0, choices=(0, 255), help="mask value of holes (default: %(default)s)"
+        )
+    # train's, like its other defaults, are TrainConfig's.
+    t.set_defaults(seed=config["seed"], device=config["device"], hole_value=config["hole_value"])
     return parser
 
 

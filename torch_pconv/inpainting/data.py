@@ -26,7 +26,8 @@ __all__ = [
     "write_image",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # images and masks alike
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""The suffixes of the files :func:`list_images` finds (in any case), images and masks alike."""
 
 
 def seeded(*keys: int) -> torch.Generator:
@@ -38,7 +39,25 @@ def seeded(*keys: int) -> torch.Generator:
 
 
 def list_images(root: str | Path) -> list[Path]:
-    """The image files under ``root`` (recursively), sorted."""
+    """The image files under the folder ``root`` (recursively), sorted: every file of a suffix in
+    :data:`IMAGE_SUFFIXES`, in any case.
+
+    Raises:
+        FileNotFoundError: there is none (or no folder ``root``).
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from torch_pconv.inpainting import list_images, write_image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> for name in ("b.png", "a.JPG", "sub/c.webp"):
+        ...     write_image(folder / name, torch.rand(3, 4, 4))
+        >>> _ = (folder / "notes.txt").write_text("not an image")
+        >>> [path.relative_to(folder).as_posix() for path in list_images(folder)]
+        ['a.JPG', 'b.png', 'sub/c.webp']
+        >>> tmp.cleanup()
+    """
     files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
@@ -58,6 +77,18 @@ def read_image(path: str | Path) -> Tensor:
     Raises:
         OSError: the file is missing, not an image, damaged, or of a mode Pillow cannot convert;
             the message names the file.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from torch_pconv.inpainting import read_image, write_image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> write_image(folder / "grey.png", torch.full((1, 2, 3), 0.2))
+        >>> image = read_image(folder / "grey.png")  # greyscale, over three channels
+        >>> image.shape, image[:, 0, 0]
+        (torch.Size([3, 2, 3]), tensor([0.2000, 0.2000, 0.2000]))
+        >>> tmp.cleanup()
     """
     pil = require("PIL.Image")
     try:
@@ -73,7 +104,32 @@ def read_mask(path: str | Path, hole_value: int = 0) -> Tensor:
     """A mask image as 1 (valid) and 0 (hole); ``hole_value`` (0 or 255) marks the holes, grey
     levels go to the nearer of black and white (16-bit masks at their own scale, as in
     :func:`read_image`; colour masks by their luma; an alpha channel is ignored).
-    Shape: ``(1, H, W)``."""
+
+    Args:
+        path: the mask image.
+        hole_value: 0 (black holes) or 255 (white holes).
+
+    Raises:
+        OSError: the file is missing, not an image, or damaged; the message names the file.
+
+    Shape:
+        - output: ``(1, H, W)``, float, 1 valid, 0 hole
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from torch_pconv.inpainting import read_mask, write_image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> mask = torch.ones(1, 4, 4)
+        >>> mask[:, 1:3, 1:3] = 0  # black holes
+        >>> write_image(folder / "mask.png", mask)
+        >>> torch.equal(read_mask(folder / "mask.png"), mask)
+        True
+        >>> torch.equal(read_mask(folder / "mask.png", hole_value=255), 1 - mask)  # white
+        True
+        >>> tmp.cleanup()
+    """
     pil = require("PIL.Image")
     try:
         with pil.open(path) as file:
@@ -140,7 +196,28 @@ def _rgb(image: Any) -> Tensor:
 
 
 def write_image(path: str | Path, image: Tensor) -> None:
-    """Write ``(3, H, W)`` or ``(1, H, W)`` floats in [0, 1] as an 8-bit PNG (or by the suffix)."""
+    """Write an image of floats in [0, 1] (clipped) as an 8-bit RGB or greyscale file.
+
+    Args:
+        path: the file; its suffix picks the format (``.png``: a PNG). Its folder is made if missing.
+        image: ``(3, H, W)`` (RGB) or ``(1, H, W)`` (greyscale).
+
+    Raises:
+        ValueError: Pillow writes no format of that suffix.
+        OSError: the file cannot be written.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from torch_pconv.inpainting import read_image, write_image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> image = torch.rand(3, 8, 8)
+        >>> write_image(folder / "out" / "image.png", image)
+        >>> bool((read_image(folder / "out" / "image.png") - image).abs().max() < 1 / 255)
+        True
+        >>> tmp.cleanup()
+    """
     pil = require("PIL.Image")
     pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     mode = "RGB" if pixels.shape[0] == 3 else "L"
@@ -150,7 +227,27 @@ def write_image(path: str | Path, image: Tensor) -> None:
 
 
 def save_grid(path: str | Path, rows: Sequence[tuple[str, Tensor]], gap: int = 2, zoom: int = 1) -> None:
-    """A PNG grid: one labelled row per ``(label, images)``, images ``(N, 3, H, W)`` in [0, 1]."""
+    """A PNG grid: one labelled row per ``(label, images)``, images ``(N, 3, H, W)`` in [0, 1].
+
+    Args:
+        path: the PNG file; its folder is made if missing.
+        rows: ``(label, images)`` pairs, each of the first one's shape.
+        gap: white pixels between images.
+        zoom: each image scaled up by this factor (nearest).
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from torch_pconv.inpainting import read_image, save_grid
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> images = torch.rand(2, 3, 8, 8)
+        >>> rows = [("input", images), ("flipped", images.flip(-1))]
+        >>> save_grid(folder / "grid.png", rows, zoom=2)
+        >>> read_image(folder / "grid.png").shape  # 2 rows of 2 images, 16 px, and labels
+        torch.Size([3, 34, 84])
+        >>> tmp.cleanup()
+    """
     pil = require("PIL.Image")
     draw = require("PIL.ImageDraw")
     count, _, height, width = rows[0][1].shape
@@ -188,8 +285,20 @@ class InpaintingDataset(Dataset[tuple[Tensor, Tensor]]):
         seed: the seed of the crops.
         cache: keep decoded images in memory (each DataLoader worker keeps its own copy).
 
+    Raises:
+        ValueError: no images.
+
     Shape:
         - item: image ``(3, size, size)``, mask ``(1, size, size)``
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import InpaintingDataset, MaskGenerator
+        >>> images = [torch.rand(3, 24, 32), torch.rand(3, 12, 12)]  # the second is scaled up
+        >>> dataset = InpaintingDataset(images, MaskGenerator(16, length=10), size=16, length=4)
+        >>> image, mask = dataset[3]
+        >>> len(dataset), image.shape, mask.shape
+        (4, torch.Size([3, 16, 16]), torch.Size([1, 16, 16]))
     """
 
     def __init__(

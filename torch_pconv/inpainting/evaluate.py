@@ -32,8 +32,26 @@ def evaluation_set(
     """``crops`` seeded crops of each image, each paired with one generated mask per bucket of
     :data:`BUCKETS` (border constraint on every other crop), or with the given masks in turn.
 
+    Args:
+        images: image files, or ``(3, H, W)`` tensors in [0, 1] (smaller ones are scaled up).
+        size: crop side.
+        crops: crops per image.
+        masks: ``(1, size, size)`` masks to take in turn; None: generated (seeded by ``seed + 1``).
+        seed: the seed of the crops.
+
+    Raises:
+        OSError: an image file that cannot be read.
+
     Shape:
-        - returns images ``(N, 3, size, size)`` and masks ``(N, 1, size, size)``
+        - returns images ``(N, 3, size, size)`` and masks ``(N, 1, size, size)``, where
+          ``N = len(images) * crops * len(BUCKETS)``
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import evaluation_set
+        >>> images, masks = evaluation_set([torch.rand(3, 20, 24)], size=16, crops=1)
+        >>> images.shape, masks.shape  # one mask per bucket
+        (torch.Size([6, 3, 16, 16]), torch.Size([6, 1, 16, 16]))
     """
     generator = MaskGenerator(size, length=len(images) * crops * len(BUCKETS), seed=seed + 1)
     image_list: list[Tensor] = []
@@ -57,9 +75,27 @@ def evaluate(
     baselines: dict[str, Fill] | None = None,
     batch: int = 16,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Metrics per bucket for the model's composite (``"PConvUNet"``) and each baseline.
+    """Metrics per bucket for the model's composite (``"PConvUNet"``, by :func:`inpaint`) and
+    each baseline, such as :data:`BASELINES`.
 
-    Returns ``{method: rows}`` with the rows of :meth:`BucketMetrics.rows`."""
+    Args:
+        model: the network (run on its own device, in eval mode), or None for the baselines alone.
+        images, masks: as :func:`evaluation_set` gives them.
+        baselines: ``{name: fill}``, each ``fill(image * mask, mask)`` returning the filled image.
+        batch: images per forward.
+
+    Returns:
+        ``{method: rows}``, with the rows of :meth:`BucketMetrics.rows`.
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import PConvUNet, evaluate, evaluation_set, mean_fill
+        >>> images, masks = evaluation_set([torch.rand(3, 16, 16)], size=16, crops=1)
+        >>> model = PConvUNet(layers=2, widths=(4, 8))
+        >>> results = evaluate(model, images, masks, {"mean": mean_fill})
+        >>> list(results), [row["bucket"] for row in results["mean"]][:2]
+        (['PConvUNet', 'mean'], ['(0.01, 0.1]', '(0.1, 0.2]'])
+    """
     methods: dict[str, Fill] = {}
     if model is not None:
         model.eval()

@@ -54,9 +54,23 @@ class VGG16Features(nn.Module):
     (``torch.hub.get_dir()/checkpoints``), where torchvision downloads it. Only the
     ``features.*`` entries up to pool3 are read; torchvision itself is not needed.
 
+    Args:
+        weights: a path, ``"cache"``, or None (random weights).
+
+    Raises:
+        VGGWeightsNotFoundError: (a FileNotFoundError) no file at ``weights``.
+        VGGWeightsError: the file holds no VGG-16 state_dict (see :meth:`load_torchvision`).
+
     Shape:
         - input: ``(B, 3, H, W)`` in [0, 1] (normalised here as the ImageNet weights expect)
         - output: a list of 3 maps, ``(B, 64, H/2, W/2)``, ``(B, 128, H/4, W/4)``, ``(B, 256, H/8, W/8)``
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import VGG16Features
+        >>> vgg = VGG16Features()  # random weights; "cache": torchvision's ImageNet ones
+        >>> [tuple(features.shape) for features in vgg(torch.rand(1, 3, 16, 16))]
+        [(1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2)]
     """
 
     def __init__(self, weights: str | Path | None = None) -> None:
@@ -157,6 +171,14 @@ def gram_matrix(features: Tensor) -> Tensor:
 
     Shape:
         - features: ``(B, C, H, W)``; output: ``(B, C, C)``
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import gram_matrix
+        >>> gram_matrix(torch.ones(2, 3, 4, 4))[0]  # 16 / (3 * 4 * 4)
+        tensor([[0.3333, 0.3333, 0.3333],
+                [0.3333, 0.3333, 0.3333],
+                [0.3333, 0.3333, 0.3333]])
     """
     b, c, h, w = features.shape
     flat = features.reshape(b, c, h * w)
@@ -170,6 +192,18 @@ def hole_border(mask: Tensor) -> Tensor:
 
     Shape:
         - mask: ``(B, 1, H, W)`` or ``(B, C, H, W)``, 1 valid, 0 hole; output: ``(B, 1, H, W)``
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import hole_border
+        >>> mask = torch.ones(1, 1, 5, 5)
+        >>> mask[..., 2, 2] = 0  # one hole pixel
+        >>> hole_border(mask)[0, 0]
+        tensor([[0., 0., 0., 0., 0.],
+                [0., 1., 1., 1., 0.],
+                [0., 1., 1., 1., 0.],
+                [0., 1., 1., 1., 0.],
+                [0., 0., 0., 0., 0.]])
     """
     holes = (1 - mask).amax(dim=1, keepdim=True)
     return F.max_pool2d(holes, kernel_size=3, stride=1, padding=1)
@@ -180,7 +214,17 @@ def total_variation(image: Tensor, region: Tensor) -> Tensor:
     whose two pixels both lie in ``region``, summed, divided by the number of elements of ``image``.
 
     Shape:
-        - image: ``(B, C, H, W)``; region: ``(B, 1, H, W)`` of 0 and 1
+        - image: ``(B, C, H, W)``; region: ``(B, 1, H, W)`` of 0 and 1; output: a scalar
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import total_variation
+        >>> image = torch.tensor([[[[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]]]])  # (1, 1, 2, 3)
+        >>> total_variation(image, torch.ones(1, 1, 2, 3))  # (1 + 0 + 0 + 1) + (0 + 1 + 0), over 6
+        tensor(0.5000)
+        >>> region = torch.tensor([[[[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]]])  # not the last column
+        >>> total_variation(image, region)  # 1 + 0 horizontally, 0 + 1 vertically
+        tensor(0.3333)
     """
     dx = (image[..., :, 1:] - image[..., :, :-1]).abs() * (region[..., :, 1:] * region[..., :, :-1])
     dy = (image[..., 1:, :] - image[..., :-1, :]).abs() * (region[..., 1:, :] * region[..., :-1, :])
@@ -217,6 +261,21 @@ class InpaintingLoss(nn.Module):
           0 hole (the TV region is the dilated union of the channels' holes)
         - returns a dict of scalars: ``valid``, ``hole``, ``perceptual``, ``style_out``,
           ``style_comp``, ``tv`` (unweighted) and ``total`` (weighted sum, to backpropagate)
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import InpaintingLoss, VGG16Features
+        >>> loss = InpaintingLoss(VGG16Features())  # VGG16Features("cache"): the paper's
+        >>> target = torch.rand(2, 3, 16, 16)
+        >>> mask = torch.ones(2, 1, 16, 16)
+        >>> mask[..., 4:12, 4:12] = 0
+        >>> output = torch.rand(2, 3, 16, 16, requires_grad=True)
+        >>> terms = loss(output, target, mask)
+        >>> sorted(terms)
+        ['hole', 'perceptual', 'style_comp', 'style_out', 'total', 'tv', 'valid']
+        >>> terms["total"].backward()
+        >>> InpaintingLoss(hole=10)
+        InpaintingLoss(valid=1.0, hole=10, perceptual=0.05, style=120.0, tv=0.1)
     """
 
     def __init__(

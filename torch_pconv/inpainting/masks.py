@@ -18,12 +18,13 @@ from torch.utils.data import Dataset
 
 from torch_pconv.holes import irregular_holes
 
-from .data import IMAGE_SUFFIXES, read_mask, seeded
+from .data import IMAGE_SUFFIXES, list_images, read_mask, seeded
 
 __all__ = ["BUCKETS", "MaskFolder", "MaskGenerator", "bucket_of", "hole_ratio"]
 
-# The hole-to-image area ratios of the paper's Table 1: (low, high], in order.
 BUCKETS: tuple[tuple[float, float], ...] = ((0.01, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6))
+"""The hole-to-image area ratio buckets of the paper's Table 1, each ``(low, high]``, in order
+(see :func:`bucket_of`)."""
 # The paper's border constraint keeps holes 50 pixels from the border of a 512-pixel image.
 _MARGIN = 50 / 512
 
@@ -31,13 +32,37 @@ _MARGIN = 50 / 512
 def hole_ratio(mask: Tensor) -> Tensor:
     """The hole-to-image area ratio of each mask, in float64.
 
-    Shape: ``(B, 1, H, W)`` or ``(B, H, W)`` -> ``(B,)``."""
+    Args:
+        mask: 1 valid, 0 hole.
+
+    Shape:
+        - mask: ``(B, 1, H, W)`` or ``(B, H, W)``; output: ``(B,)``
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import hole_ratio
+        >>> mask = torch.ones(2, 1, 4, 4)
+        >>> mask[0, :, :2, :2] = 0  # 4 holes in 16 pixels
+        >>> hole_ratio(mask)
+        tensor([0.2500, 0.0000], dtype=torch.float64)
+    """
     # Counts in float64, so that 30 holes in 100 pixels is 0.3 exactly and falls in (0.2, 0.3].
     return (1 - mask.flatten(1).double()).sum(1) / mask[0].numel()
 
 
 def bucket_of(ratio: float) -> int | None:
-    """The index into :data:`BUCKETS` of the bucket holding ``ratio``, or None outside them all."""
+    """The index into :data:`BUCKETS` of the bucket holding ``ratio``, or None outside them all.
+
+    Args:
+        ratio: a hole-to-image area ratio, as :func:`hole_ratio` gives it.
+
+    Examples:
+        >>> from torch_pconv.inpainting import BUCKETS, bucket_of
+        >>> bucket_of(0.3), BUCKETS[2]  # open below, closed above
+        (2, (0.2, 0.3))
+        >>> bucket_of(0.7) is None
+        True
+    """
     for index, (low, high) in enumerate(BUCKETS):
         if low < ratio <= high:
             return index
@@ -66,8 +91,20 @@ class MaskGenerator(Dataset[Tensor]):
         seed: the seed of every draw.
         pool: the number of distinct masks (see above); None: every item is drawn afresh.
 
+    Raises:
+        ValueError: ``buckets`` holds no index into :data:`BUCKETS`, or ``pool`` is under 1.
+        IndexError: (on indexing) an item past ``length``.
+
     Shape:
         - item: ``(1, H, W)``, float, 1 valid, 0 hole
+
+    Examples:
+        >>> from torch_pconv.inpainting import MaskGenerator, bucket_of, hole_ratio
+        >>> masks = MaskGenerator(32, length=6)  # item i in bucket i % 6
+        >>> masks[2].shape
+        torch.Size([1, 32, 32])
+        >>> bucket_of(float(hole_ratio(masks[2][None])))
+        2
     """
 
     def __init__(
@@ -134,8 +171,8 @@ class MaskGenerator(Dataset[Tensor]):
 
 
 class MaskFolder(Dataset[Tensor]):
-    """Masks from a folder of images (PNG, JPEG, BMP), with the paper's augmentation: random
-    dilation, rotation and cropping.
+    """Masks from a folder of images (the files :func:`~torch_pconv.inpainting.list_images`
+    finds), with the paper's augmentation: random dilation, rotation and cropping.
 
     Args:
         root: the folder (searched recursively).
@@ -148,8 +185,29 @@ class MaskFolder(Dataset[Tensor]):
         max_dilation: the largest dilation, in pixels.
         seed: item ``i`` in epoch ``e`` is augmented by a generator seeded with ``(seed, e, i)``.
 
+    Raises:
+        ValueError: ``hole_value`` is neither 0 nor 255.
+        FileNotFoundError: no mask image under ``root``.
+        OSError: (on indexing) a file that is not a readable image.
+
     Shape:
         - item: ``(1, H, W)``, float, 1 valid, 0 hole
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from torch_pconv.inpainting import MaskFolder, write_image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> mask = torch.ones(1, 40, 40)
+        >>> mask[:, 10:20, 10:30] = 0  # a black hole
+        >>> write_image(folder / "0.png", mask)
+        >>> masks = MaskFolder(folder, size=32)  # augmented 32x32 crops
+        >>> len(masks), masks[0].shape
+        (1, torch.Size([1, 32, 32]))
+        >>> torch.equal(MaskFolder(folder)[0], mask)  # size None: as stored
+        True
+        >>> tmp.cleanup()
     """
 
     def __init__(
@@ -163,9 +221,10 @@ class MaskFolder(Dataset[Tensor]):
     ) -> None:
         if hole_value not in (0, 255):
             raise ValueError(f"MaskFolder: hole_value must be 0 (black holes) or 255 (white holes), got {hole_value}")
-        self.files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.files:
-            raise FileNotFoundError(f"MaskFolder: no mask images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        try:
+            self.files = list_images(root)  # the files an image folder takes, of the same suffixes
+        except FileNotFoundError:
+            raise FileNotFoundError(f"MaskFolder: no mask images ({', '.join(IMAGE_SUFFIXES)}) under {root}") from None
         self.size = (size, size) if isinstance(size, int) else size
         self.hole_value, self.augment, self.max_dilation, self.seed = hole_value, augment, max_dilation, seed
         self.epoch = 0

@@ -23,14 +23,38 @@ PSNR_MAX = 100.0
 
 
 def l1(output: Tensor, target: Tensor) -> Tensor:
-    """Mean absolute error of each image. Shape: ``(B, C, H, W)`` twice -> ``(B,)``."""
+    """Mean absolute error of each image.
+
+    Shape:
+        - output, target: ``(B, C, H, W)``; returns ``(B,)``
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import l1
+        >>> target = torch.zeros(2, 3, 4, 4)
+        >>> output = target.clone()
+        >>> output[0] = 0.5
+        >>> l1(output, target)
+        tensor([0.5000, 0.0000])
+    """
     return (output - target).abs().flatten(1).mean(1)
 
 
 def hole_l1(output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean absolute error over each image's hole pixels (0 where there are none).
 
-    Shape: ``(B, C, H, W)`` twice and a ``(B, 1, H, W)`` mask -> ``(B,)``."""
+    Shape:
+        - output, target: ``(B, C, H, W)``; mask: ``(B, 1, H, W)``, 1 valid, 0 hole; returns ``(B,)``
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import hole_l1
+        >>> target, output = torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)
+        >>> mask = torch.ones(1, 1, 4, 4)
+        >>> mask[..., :2, :] = 0  # half the pixels
+        >>> hole_l1(output, target, mask)  # the L1 of the holes alone
+        tensor([0.5000])
+    """
     holes = (1 - mask).expand_as(output)
     return ((output - target).abs() * holes).flatten(1).sum(1) / holes.flatten(1).sum(1).clamp_min(1)
 
@@ -39,16 +63,39 @@ def psnr(output: Tensor, target: Tensor) -> Tensor:
     """Peak signal-to-noise ratio of each image, in dB, for a data range of 1, capped at
     :data:`PSNR_MAX` (100 dB; equal images would otherwise score inf).
 
-    Shape: ``(B, C, H, W)`` twice -> ``(B,)``."""
+    Shape:
+        - output, target: ``(B, C, H, W)``; returns ``(B,)``
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import psnr
+        >>> target = torch.zeros(2, 3, 4, 4)
+        >>> output = target.clone()
+        >>> output[0] = 0.1  # an MSE of 0.01: 20 dB
+        >>> psnr(output, target)
+        tensor([ 20., 100.])
+    """
     mse = (output - target).pow(2).flatten(1).mean(1)
     return (10 * torch.log10(1 / mse)).clamp_max(PSNR_MAX)
 
 
 def ssim(output: Tensor, target: Tensor) -> Tensor:
     """Structural similarity of each image (pytorch-msssim: 11-pixel Gaussian window of sigma
-    1.5, narrowed for images under 11 pixels), for a data range of 1.
+    1.5, narrowed for images under 11 pixels), for a data range of 1. ``output`` is clipped to
+    [0, 1] first.
 
-    Shape: ``(B, C, H, W)`` twice -> ``(B,)``."""
+    Shape:
+        - output, target: ``(B, C, H, W)``; returns ``(B,)``
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import ssim
+        >>> target = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        >>> ssim(target, target)
+        tensor([1., 1.])
+        >>> bool(ssim(1 - target, target)[0] < 0)  # anticorrelated
+        True
+    """
     msssim = require("pytorch_msssim")
     side = min(output.shape[-2:])
     window = min(11, side if side % 2 else side - 1)
@@ -63,7 +110,18 @@ class BucketMetrics:
 
     ``update`` takes a batch; ``rows`` gives one row per bucket that saw images, and ``all``:
     the mean of each metric over every image counted in ``images`` (a perfect fill's PSNR
-    counts as :data:`PSNR_MAX`).
+    counts as :data:`PSNR_MAX`). A mask outside every bucket counts in a row ``"other"``.
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import BucketMetrics
+        >>> target = torch.full((2, 3, 16, 16), 0.5)
+        >>> mask = torch.ones(2, 1, 16, 16)
+        >>> mask[..., :4, :] = 0  # a quarter: bucket (0.2, 0.3]
+        >>> metrics = BucketMetrics()
+        >>> metrics.update(target * mask, target, mask)  # holes filled with 0
+        >>> [(row["bucket"], row["images"], row["hole_l1"]) for row in metrics.rows()]
+        [('(0.2, 0.3]', 2, 0.5), ('all', 2, 0.5)]
     """
 
     def __init__(self) -> None:
@@ -95,7 +153,19 @@ class BucketMetrics:
 
 
 def format_table(results: dict[str, list[dict[str, Any]]]) -> str:
-    """A plain-text table of ``{method: rows}``: one line per bucket and method."""
+    """A plain-text table of ``{method: rows}`` (rows as :meth:`BucketMetrics.rows` gives them).
+
+    Returns:
+        A header line, then one line per bucket and method, in the order of the rows.
+
+    Examples:
+        >>> from torch_pconv.inpainting import format_table
+        >>> row = {"bucket": "all", "images": 2, "l1": 0.125, "hole_l1": 0.5, "psnr": 12.04}
+        >>> row["ssim"] = 0.5
+        >>> print(format_table({"zeros": [row]}))
+        bucket       method           images       L1  hole L1    PSNR    SSIM
+        all          zeros                 2   0.1250   0.5000   12.04  0.5000
+    """
     lines = [f"{'bucket':<12} {'method':<16} {'images':>6} {'L1':>8} {'hole L1':>8} {'PSNR':>7} {'SSIM':>7}"]
     buckets = list(dict.fromkeys(row["bucket"] for rows in results.values() for row in rows))
     for bucket in buckets:

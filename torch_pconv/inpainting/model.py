@@ -87,10 +87,24 @@ class PConvUNet(nn.Module):
             builds a BatchNorm-free network, for tests.
         fine_tune: start in the paper's second phase (see :meth:`freeze_encoder_bn`).
 
+    Raises:
+        ValueError: arguments that build no such network; in the forward, an image whose sides
+            are not multiples of ``2**layers``, or a mask that does not match the image.
+
     Shape:
         - image: ``(B, C, H, W)``, holes may hold anything (they are masked)
         - mask: ``(B, 1, H, W)``, ``(B, H, W)`` or ``(B, C, H, W)``; 1 valid, 0 hole
         - output: ``(B, C, H, W)``, the raw network output (composite it with :func:`inpaint`)
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import PConvUNet
+        >>> model = PConvUNet(layers=2, widths=(4, 8))  # the paper's: PConvUNet(layers=7), 256x256
+        >>> image = torch.rand(1, 3, 16, 16)
+        >>> mask = torch.ones(1, 1, 16, 16)
+        >>> mask[..., 4:8, 4:12] = 0
+        >>> model(image * mask, mask).shape
+        torch.Size([1, 3, 16, 16])
     """
 
     def __init__(
@@ -193,9 +207,26 @@ def inpaint(model: PConvUNet, image: Tensor, mask: Tensor) -> Tensor:
     """Fill the holes of images of any size: pad to the network's multiple (the padding is a
     hole, so it adds nothing), run the network, crop, and keep the valid pixels as they were.
 
+    Args:
+        model: the network, in the mode to run it in (``model.eval()`` to fill).
+        image: the images; what the holes hold (NaN included) does not reach the result.
+        mask: 1 valid, 0 hole.
+
     Shape:
         - image: ``(B, C, H, W)``; mask: ``(B, 1, H, W)`` or ``(B, H, W)``, 1 valid, 0 hole
         - output: ``(B, C, H, W)``: the image at valid pixels, the network's output in the holes
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv.inpainting import PConvUNet, inpaint
+        >>> model = PConvUNet(layers=2, widths=(4, 8)).eval()
+        >>> image = torch.rand(1, 3, 15, 21)  # not multiples of 4
+        >>> mask = torch.ones(1, 1, 15, 21)
+        >>> mask[..., 4:8, 4:12] = 0
+        >>> with torch.no_grad():
+        ...     filled = inpaint(model, image, mask)
+        >>> filled.shape, torch.equal(filled[..., :4, :], image[..., :4, :])  # valid pixels kept
+        (torch.Size([1, 3, 15, 21]), True)
     """
     if mask.dim() == 3:
         mask = mask.unsqueeze(1)

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .._progress import Progress
 from .data import InpaintingDataset, list_images, save_grid, seeded, verify_images
 from .loss import InpaintingLoss, VGG16Features
 from .masks import MaskFolder, MaskGenerator
@@ -62,7 +63,18 @@ class CheckpointError(ValueError):
 @dataclass
 class TrainConfig:
     """Everything a run depends on. Defaults: the paper's optimiser and loss, mmagic's 256×256
-    schedule (800k steps, then 500k of fine-tuning), the paper's batch of 6 per process."""
+    schedule (800k steps, then 500k of fine-tuning), the paper's batch of 6 per process. The
+    ``train`` command's options are these fields, with these defaults.
+
+    Raises:
+        UsageError: (a ValueError) an unknown ``schedule``, or ``mask_pool`` with ``masks``.
+
+    Examples:
+        >>> from torch_pconv.inpainting import TrainConfig
+        >>> config = TrainConfig(images="photos", steps=20_000, schedule="cosine")
+        >>> config.lr, config.batch, config.model_args()
+        (0.0002, 6, {'layers': 7, 'widths': None, 'kernels': None, 'batch_norm': True})
+    """
 
     images: str  # a folder of training images
     out: str = "inpainting-run"  # checkpoints, logs and grids
@@ -107,6 +119,7 @@ class TrainConfig:
             )
 
     def model_args(self) -> dict[str, Any]:
+        """The arguments of the run's :class:`PConvUNet` (what a checkpoint stores to rebuild it)."""
         return {"layers": self.layers, "widths": self.widths, "kernels": self.kernels, "batch_norm": self.batch_norm}
 
 
@@ -127,7 +140,35 @@ def save_checkpoint(
 
     The file holds tensors and plain values (dicts, lists, tuples, strings, numbers, None) only,
     so that :func:`load_checkpoint` and :func:`load_model` read it with
-    ``torch.load(weights_only=True)``, which runs no code, on every supported torch."""
+    ``torch.load(weights_only=True)``, which runs no code, on every supported torch.
+
+    Args:
+        path: the file (written beside it first, then renamed: never half-written).
+        model: the network, built from ``config.model_args()`` (or wrapped in DDP).
+        optimizer: its optimiser.
+        step: the steps done.
+        config: the run's settings (a resume is checked against them).
+        scaler: the GradScaler of a mixed-precision run on CUDA.
+
+    Raises:
+        OSError: the file cannot be written.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from torch_pconv.inpainting import PConvUNet, TrainConfig
+        >>> from torch_pconv.inpainting import load_checkpoint, save_checkpoint
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> config = TrainConfig(images="photos", layers=2, widths=(4, 8))
+        >>> model = PConvUNet(**config.model_args())
+        >>> optimizer = torch.optim.Adam(model.parameters())
+        >>> path = folder / "checkpoint.pt"
+        >>> save_checkpoint(path, model, optimizer, 10, config)
+        >>> load_checkpoint(path, model, optimizer)  # its step
+        10
+        >>> tmp.cleanup()
+    """
     path = Path(path)
     version, python_state, gauss_next = random.getstate()
     state = {
@@ -160,10 +201,45 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> int:
-    """Restore a checkpoint written by :func:`save_checkpoint`; returns its step.
+    """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``
+    and ``scaler``, when given), with the RNG states of torch, CUDA and Python; returns its step.
 
     Read with ``torch.load(weights_only=True)``: a file that holds anything but tensors and
-    plain values is refused (a :class:`CheckpointError`) before any of it runs."""
+    plain values is refused (a :class:`CheckpointError`) before any of it runs.
+
+    Args:
+        path: a file of :func:`save_checkpoint`.
+        model: the network to load into (or its DDP wrapper), built from the same
+            ``model_args``; it is put in fine-tuning if the checkpoint is.
+        optimizer: its optimiser; None: the weights alone.
+        scaler: the run's GradScaler, if any.
+
+    Returns:
+        The checkpoint's step.
+
+    Raises:
+        CheckpointError: (a ValueError) the file is not such a checkpoint, or is damaged.
+        ValueError: the checkpoint holds another network than ``model``.
+        FileNotFoundError: there is no file at ``path``.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from torch_pconv.inpainting import PConvUNet, TrainConfig
+        >>> from torch_pconv.inpainting import load_checkpoint, save_checkpoint
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> config = TrainConfig(images="photos", layers=2, widths=(4, 8))
+        >>> model = PConvUNet(**config.model_args())
+        >>> path = folder / "checkpoint.pt"
+        >>> save_checkpoint(path, model, torch.optim.Adam(model.parameters()), 10, config)
+        >>> copy = PConvUNet(**config.model_args())
+        >>> load_checkpoint(path, copy)  # the weights alone; returns the step
+        10
+        >>> torch.equal(copy.encoder[0].conv.weight, model.encoder[0].conv.weight)
+        True
+        >>> tmp.cleanup()
+    """
     state = _read_checkpoint(path)
     inner = _unwrap(model)
     own = {name: tuple(value.shape) for name, value in inner.state_dict().items()}
@@ -193,9 +269,34 @@ def load_checkpoint(
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> PConvUNet:
-    """The network of a checkpoint, in eval mode, for evaluation and filling.
+    """The network of a checkpoint, built as it was trained, on ``device``, in eval mode, for
+    evaluation and filling.
 
-    Read with ``torch.load(weights_only=True)``, as :func:`load_checkpoint` reads it."""
+    Read with ``torch.load(weights_only=True)``, as :func:`load_checkpoint` reads it.
+
+    Args:
+        path: a file of :func:`save_checkpoint`.
+        device: where to put the network.
+
+    Raises:
+        CheckpointError: (a ValueError) the file is not such a checkpoint, or is damaged.
+        FileNotFoundError: there is no file at ``path``.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from torch_pconv.inpainting import PConvUNet, TrainConfig, load_model, save_checkpoint
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> config = TrainConfig(images="photos", layers=2, widths=(4, 8))
+        >>> model = PConvUNet(**config.model_args())
+        >>> path = folder / "checkpoint.pt"
+        >>> save_checkpoint(path, model, torch.optim.Adam(model.parameters()), 10, config)
+        >>> loaded = load_model(path)
+        >>> loaded.widths, loaded.training
+        ((4, 8), False)
+        >>> tmp.cleanup()
+    """
     state = _read_checkpoint(path)
     model = build_model(state["model_args"])
     if state["fine_tune"]:
@@ -261,8 +362,42 @@ def cuda_grad_scaler(enabled: bool) -> Any:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) the two phases; returns the last step's loss terms, the step and the
-    seconds spent. Under ``torchrun`` every process runs this; only rank 0 writes files."""
+    """Run (or resume, from ``config.out``'s checkpoint) the two phases. Under ``torchrun`` every
+    process runs this; only rank 0 writes files: ``checkpoint.pt``, ``log.jsonl`` and PNG grids.
+
+    Args:
+        config: the run's settings.
+
+    Returns:
+        ``{"step", "seconds", ...}``: the last step, the seconds spent and the last step's loss
+        terms (as :class:`InpaintingLoss` names them).
+
+    Raises:
+        UsageError: (a ValueError) settings that cannot work, folders without images, or a
+            checkpoint to resume that was written with other settings; found before any file
+            is written.
+        CheckpointError: a checkpoint to resume that is not one.
+        OSError: an image or mask file that cannot be read (each is opened before the first step).
+        VGGWeightsNotFoundError: no VGG-16 weights at ``config.vgg``.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from torch_pconv.inpainting import TrainConfig, train, write_image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> for i in range(2):
+        ...     write_image(folder / "images" / f"{i}.png", torch.rand(3, 16, 16))
+        >>> config = TrainConfig(
+        ...     images=str(folder / "images"), out=str(folder / "run"), size=8, batch=2,
+        ...     steps=2, fine_tune_steps=1, layers=2, widths=(4, 8), vgg=None,
+        ...     device="cpu", progress=False,
+        ... )
+        >>> result = train(config)
+        >>> result["step"], sorted(path.name for path in (folder / "run").iterdir())
+        (3, ['checkpoint.pt', 'grid_0000003.png', 'log.jsonl'])
+        >>> tmp.cleanup()
+    """
     rank, world, device = _setup(config)
     out = Path(config.out)
     # Whatever can be found wrong is found before the first file is written: the settings, the
@@ -293,7 +428,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
     steps_per_epoch = len(sampler) // config.batch
     total = config.steps + config.fine_tune_steps
-    bar = _progress(total, step, enabled=config.progress and rank == 0)
+    bar = Progress(total, initial=step, quiet=not (config.progress and rank == 0))
     log = _open_log(out / "log.jsonl", step) if rank == 0 else None
     start, phase = time.perf_counter(), ""
     terms: dict[str, float] = {}
@@ -319,7 +454,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 bar.update(1)
                 if step % config.log_every == 0 or step == total:
                     terms = _mean_over_processes(terms, world)
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()})
                     if log is not None:
                         log.write(json.dumps({"step": step, "phase": phase, **terms}) + "\n")
                         log.flush()
@@ -338,7 +473,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 def learning_rate(config: TrainConfig, step: int) -> float:
     """The learning rate of step ``step`` (from 0): a function of the step alone, so that a
-    resumed run follows the schedule of an uninterrupted one without any saved state."""
+    resumed run follows the schedule of an uninterrupted one without any saved state.
+
+    Args:
+        config: the run's ``steps``, ``lr``, ``fine_tune_lr``, ``schedule`` and ``warmup_steps``.
+        step: the step, from 0.
+
+    Examples:
+        >>> from torch_pconv.inpainting import TrainConfig, learning_rate
+        >>> config = TrainConfig(
+        ...     images="photos", steps=100, fine_tune_steps=10, schedule="cosine", warmup_steps=10
+        ... )
+        >>> [round(learning_rate(config, step), 6) for step in (0, 9, 50, 100)]
+        [2e-05, 0.000196, 0.0001, 5e-05]
+    """
     if step >= config.steps:
         return config.fine_tune_lr
     if config.schedule == "constant":
@@ -655,34 +803,3 @@ def _unwrap(model: nn.Module) -> PConvUNet:
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     assert isinstance(inner, PConvUNet)
     return inner
-
-
-class _NoBar:
-    """What stands in for tqdm: nothing, or (``lines=True``, tqdm missing) one line per log step."""
-
-    def __init__(self, lines: bool = False) -> None:
-        self.lines, self.step = lines, 0
-
-    def update(self, n: int = 1) -> None:
-        self.step += n
-
-    def set_postfix(self, values: dict[str, str], refresh: bool = True) -> None:
-        if self.lines:
-            print(f"step {self.step}: " + ", ".join(f"{k} {v}" for k, v in values.items()), flush=True)
-
-    def close(self) -> None: ...
-
-
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    """A tqdm bar when wanted and tqdm is installed (the bench extra); without tqdm, a line per
-    log step; unwanted, nothing."""
-    if enabled:
-        try:
-            from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
-
-            return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-        except ImportError:
-            bar = _NoBar(lines=True)
-            bar.step = initial
-            return bar
-    return _NoBar()
