@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._quirks import autocast_enabled, autocast_off
+from ._quirks import autocast_enabled, autocast_off, compiling_or_tracing
 
 # NVIDIA's eps. It only matters where the count is 0, and there the ratio is selected to 0, but it
 # is kept in the division so that float64 results agree with the reference (1e-8 is not
@@ -44,9 +44,23 @@ _SAME_SIZE_INT = {
 
 
 class PConvError(TypeError, ValueError):
-    """Bad input to a partial convolution: wrong rank, shape, dtype, device or mask values.
+    """Bad input to a partial convolution, or to a layer's 0.1.1 accessors (``set_weight``,
+    ``set_bias``): the wrong type, rank, shape, dtype or device. The message names the argument,
+    what was expected and what came.
 
     Both a TypeError (what torch-pconv 0.1.1 raised, and what its users catch) and a ValueError.
+
+    Examples:
+        >>> import torch
+        >>> from torch_pconv import PConv2d, PConvError
+        >>> layer = PConv2d(3, 4, kernel_size=3)
+        >>> try:
+        ...     layer(torch.ones(1, 3, 8))  # a 2-D layer takes a 4-D input
+        ... except PConvError as error:
+        ...     print(error)
+        input: expected a 4-D tensor (B, C, H, W), got shape (1, 3, 8)
+        >>> [issubclass(PConvError, base) for base in (TypeError, ValueError)]
+        [True, True]
     """
 
 
@@ -277,10 +291,13 @@ def ratio_and_update(count: Tensor, window: int) -> tuple[Tensor, Tensor]:
     channels the window spans), so that the division rounds exactly as the reference's does.
     """
     update = count.clamp(0, 1)
-    # A select, not NVIDIA's window / eps * 0: ONNX exporters fold the + eps away (the graph holds
-    # Reciprocal(count)), which gives inf * 0 = NaN where a window holds no valid entry.
-    ratio = torch.where(count > 0, window / (count + EPS) * update, 0.0)
-    return ratio, update
+    if compiling_or_tracing():
+        # A select, not NVIDIA's window / eps * 0: ONNX exporters fold the + eps away (the graph
+        # holds Reciprocal(count)), which gives inf * 0 = NaN where a window holds no valid entry.
+        return torch.where(count > 0, window / (count + EPS) * update, 0.0), update
+    # NVIDIA's ops in its order (window / t is t.reciprocal() * window), in place: three fewer
+    # small ops a call than the select, which gives the same values in eager (1e8·window·0 = 0).
+    return (count + EPS).reciprocal_().mul_(window).mul_(update), update
 
 
 def window_size(kernel_size: Sequence[int], multiplicity: int) -> int:
