@@ -38,6 +38,13 @@ def pytest_configure(config: pytest.Config) -> None:
     # whatever the machine's core count.
     torch.set_num_threads(1)
 
+    # The suites run tiny tensors, which the layer gives to autograd's own ops when it records
+    # (below pconv._FUNCTION_FROM entries). The suites test the autograd Function, which real sizes
+    # take; the differential tests draw both paths, and test_autograd checks where the switch lies.
+    from torch_pconv import pconv
+
+    pconv._FUNCTION_FROM = 0
+
 
 def pytest_report_header() -> str:
     import torch

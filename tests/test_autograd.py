@@ -67,6 +67,18 @@ def test_the_layer_runs_through_the_function():
     assert type(out.grad_fn).__name__ == "PartialConvFunctionBackward"
 
 
+def test_small_inputs_take_autograds_own_ops(monkeypatch):
+    """Below pconv._FUNCTION_FROM input entries (the suites set it to 0), plain ops: the same values."""
+    layer, x, mask = _case()
+    expected, _ = layer(x, mask)
+    monkeypatch.setattr(pconv_module, "_FUNCTION_FROM", x.numel() + 1)
+    out, _ = layer(x, mask)
+    assert type(out.grad_fn).__name__ != "PartialConvFunctionBackward"
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    monkeypatch.setattr(pconv_module, "_FUNCTION_FROM", x.numel())
+    assert type(layer(x, mask)[0].grad_fn).__name__ == "PartialConvFunctionBackward"
+
+
 @pytest.mark.parametrize(
     "layout", [MaskLayout.SINGLE, MaskLayout.MULTI, MaskLayout.SHARED], ids=lambda layout: layout.value
 )

@@ -15,7 +15,7 @@ from torch import nn
 
 from torch_pconv import PConv2d
 from torch_pconv import _quirks as quirks
-from torch_pconv.bench import LiveBytes
+from torch_pconv.bench.memory import LiveBytes
 
 
 def _agree(ours: nn.Module, ref: nn.Module, masked: bool = True) -> None:
@@ -118,3 +118,23 @@ def test_profile_events_fall_back_to_no_memory_figures(monkeypatch: pytest.Monke
     with LiveBytes("cpu") as meter, meter.window("w"):
         (x @ x).sum()
     assert meter.results == {}
+
+
+def test_dual_level_open_fails_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.autograd import forward_ad
+
+    assert quirks.dual_level_open() is False
+    with forward_ad.dual_level():
+        assert quirks.dual_level_open() is True
+    # A torch that keeps its level elsewhere: assume one is open, so that every tensor is asked.
+    monkeypatch.setattr(torch.autograd, "forward_ad", types.SimpleNamespace())
+    assert quirks.dual_level_open() is True
+    layer = PConv2d(2, 2, 3, padding=1).double()
+    x, tangent = torch.randn(1, 2, 6, 6, dtype=torch.float64), torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    mask = torch.ones(1, 1, 6, 6, dtype=torch.float64)
+    mask[..., 2:4, 2:4] = 0
+    with torch.no_grad(), forward_ad.dual_level():
+        out, _ = layer(forward_ad.make_dual(x, tangent), mask)
+        got = forward_ad.unpack_dual(out).tangent
+    expected, _ = layer(tangent, mask)  # linear in the input: the tangent is the layer less its bias
+    torch.testing.assert_close(got, expected - layer(torch.zeros_like(x), mask)[0], rtol=0, atol=1e-12)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._masks import _CONV, mask_input, mask_input_constant
+from ._masks import _CONV, as_dtype, mask_input, mask_input_constant
 
 
 class Geometry(NamedTuple):
@@ -76,7 +76,7 @@ def partial_conv(
     # that fractional masks follow its arithmetic. Bias and update in the output's dtype (a no-op
     # but under autocast): torch 2.1 fails an internal assert on a mixed-dtype in-place addcmul.
     dtype = output.dtype
-    return output.mul_(ratio * update).addcmul_(_channel_view(bias, output).to(dtype), update.to(dtype))
+    return output.mul_(ratio * update).addcmul_(as_dtype(_channel_view(bias, output), dtype), as_dtype(update, dtype))
 
 
 def _channel_view(bias: Tensor, like: Tensor) -> Tensor:

@@ -136,6 +136,14 @@ def functorch_transform_active() -> bool:
     return peek is None or peek() is not None
 
 
+def dual_level_open() -> bool:
+    """Whether a ``torch.autograd.forward_ad.dual_level`` is open: outside one no tensor carries a
+    forward-mode tangent (leaving the level drops them), so none need be asked for one (about 1 µs
+    a tensor); True if this torch cannot tell."""
+    level = getattr(torch.autograd.forward_ad, "_current_level", None)
+    return not isinstance(level, int) or level >= 0
+
+
 def profile_events(prof: Any) -> tuple[list[tuple[int, int]], list[tuple[str, int, int]]] | None:
     """The allocations and the other events of a CPU profile, from its raw event tree.
 
