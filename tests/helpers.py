@@ -14,7 +14,7 @@ sys.path). conftest.py only configures pytest.
   tensors a module keeps outside its parameters (the mask=None cache).
 
 The max-abs relative error is :func:`torch_pconv.check.relative_error`, and the conversion to the
-reference's mask layout :meth:`MaskLayout.to_reference`: the tests use the library's own.
+reference's mask layout :func:`torch_pconv.check.reference_mask`: the tests use the library's own.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch.func import functional_call
 
 from torch_pconv import PConv1d, PConv2d, PConv3d, reference
 from torch_pconv._masks import MaskLayout
-from torch_pconv.check import Comparison, compare
+from torch_pconv.check import Comparison, compare, mask_shape, reference_multi_channel
 from torch_pconv.holes import random_holes
 
 __all__ = [
@@ -125,11 +125,11 @@ class MaskCase:
     def ref_multi(self) -> bool:
         """The reference's: what the layout needs, or, for mask None, our flag (which decides the
         returned mask's channels)."""
-        return self.layout.multi_channel or self.multi_flag
+        return reference_multi_channel(self.layout) or self.multi_flag
 
     def shape(self, batch: int, in_channels: int, spatial: Sequence[int]) -> tuple[int, ...] | None:
         """The mask's shape for an input ``(batch, in_channels, *spatial)``; None for NONE."""
-        return self.layout.shape(1 if self.broadcast else batch, in_channels, spatial)
+        return mask_shape(self.layout, 1 if self.broadcast else batch, in_channels, spatial)
 
     def returned_shape(self, batch: int, out_channels: int, spatial: Sequence[int]) -> tuple[int, ...]:
         """The shape of the mask our layer returns for an output ``(batch, out_channels, *spatial)``:
@@ -138,9 +138,9 @@ class MaskCase:
         if self.layout is not MaskLayout.NONE:
             shape = self.shape(batch, out_channels, spatial)
         elif self.multi_flag:
-            shape = MaskLayout.MULTI.shape(batch, out_channels, spatial)
+            shape = mask_shape(MaskLayout.MULTI, batch, out_channels, spatial)
         else:
-            shape = MaskLayout.SINGLE.shape(1, out_channels, spatial)
+            shape = mask_shape(MaskLayout.SINGLE, 1, out_channels, spatial)
         assert shape is not None
         return shape
 

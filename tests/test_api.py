@@ -18,7 +18,7 @@ from torch import nn
 from torch_pconv import PartialConv1d, PartialConv2d, PartialConv3d, PConv1d, PConv2d, PConv3d, PConvError
 from torch_pconv import reference as nvidia
 from torch_pconv._masks import MaskLayout
-from torch_pconv.check import relative_error
+from torch_pconv.check import reference_mask, relative_error
 
 FLAGS = ("multi_channel", "return_mask", "legacy_behaviour")
 
@@ -164,8 +164,8 @@ def test_torch_pconv_0_1_1_construction_and_forward(legacy_behaviour):
     # A (B, H, W) mask is NVIDIA's multi-channel mask, expanded over the input channels.
     ref = nvidia.PartialConv2d(3, 5, 3, 2, 2, 2, bias=False, multi_channel=True, return_mask=True)
     ref.load_state_dict(layer.state_dict())
-    ref_out, ref_mask = ref(x, MaskLayout.SHARED.to_reference(mask, 3))
-    assert torch.equal(MaskLayout.SHARED.to_reference(new_mask, 5), ref_mask)
+    ref_out, ref_mask = ref(x, reference_mask(MaskLayout.SHARED, mask, 3))
+    assert torch.equal(reference_mask(MaskLayout.SHARED, new_mask, 5), ref_mask)
     assert relative_error(out, ref_out) < 1e-6
 
 

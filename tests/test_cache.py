@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch_pconv import PConv2d
 from torch_pconv import reference as nvidia
 from torch_pconv._masks import MaskLayout
-from torch_pconv.check import relative_error
+from torch_pconv.check import reference_mask, reference_multi_channel, relative_error
 from torch_pconv.pconv import _CACHE_SIZE
 
 IN, OUT = 3, 4
@@ -159,11 +159,11 @@ def test_nvidia_stale_cache_is_not_reproduced():
     steps = [(8, MaskLayout.SINGLE), (8, MaskLayout.NONE), (10, MaskLayout.NONE)]
     steps += [(8, MaskLayout.SHARED), (8, MaskLayout.NONE), (10, MaskLayout.NONE)]
     for size, layout in steps:
-        _, ref = make_pair(2, geometry, ref_multi=layout.multi_channel)  # fresh: its cache cannot be stale
+        _, ref = make_pair(2, geometry, ref_multi=reference_multi_channel(layout))  # fresh: its cache cannot be stale
         x = torch.randn(2, IN, size, size, generator=gen)
         mask = random_mask(layout, 2, IN, (size, size), gen, fraction=0.5)
         ours.zero_grad()  # compare() accumulates into .grad, like any backward
-        run = run_compare(ours, ref, x, mask, layout.to_reference(mask, IN))
+        run = run_compare(ours, ref, x, mask, reference_mask(layout, mask, IN))
         run.assert_equivalent(f"size {size}, {layout.value}")
 
 

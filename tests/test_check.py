@@ -9,7 +9,17 @@ import torch
 
 from torch_pconv.__main__ import main
 from torch_pconv._masks import MaskLayout
-from torch_pconv.check import BATCH, CASES, IN_CHANNELS, SPATIAL, Case, build_pair, make_mask, run_check
+from torch_pconv.check import (
+    BATCH,
+    CASES,
+    IN_CHANNELS,
+    SPATIAL,
+    Case,
+    build_pair,
+    make_mask,
+    reference_multi_channel,
+    run_check,
+)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -29,7 +39,7 @@ def test_check_command_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_layers_follow_the_fields_not_the_name(case: Case) -> None:
     # A per-channel mask needs multi_channel=True in both layers; the name is display only.
-    if case.mask.multi_channel:  # MULTI and SHARED
+    if reference_multi_channel(case.mask):  # MULTI and SHARED
         assert case.multi_channel
     renamed = replace(case, name="multi-channel" if not case.multi_channel else "single-channel")
     for built in (build_pair(case, "cpu", torch.float32), build_pair(renamed, "cpu", torch.float32)):

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from torch_pconv._masks import MaskLayout
-from torch_pconv.check import relative_error
+from torch_pconv.check import reference_mask, relative_error
 from torch_pconv.holes import random_holes, rectangle_holes, stroke_holes
 
 # Every layout, each with its batch-of-1 and multi_channel-flag variants (helpers.MaskCase). A
 # SHARED mask is torch-pconv 0.1.1's (B, *S) mask; its oracle is the multi-channel reference with
-# the mask expanded over the channels (MaskLayout.to_reference), and our flag does not matter.
+# the mask expanded over the channels (torch_pconv.check.reference_mask), and our flag does not matter.
 CASES = mask_cases()
 MASKED = [case for case in CASES if case.layout is not MaskLayout.NONE]
 HOLES = ("random", "rectangles", "strokes")
@@ -64,7 +64,7 @@ def make_masks(
     if shape is None:
         return None, None
     mask = make_holes(holes, shape, len(spatial), gen, fraction).to(input.dtype)
-    return mask.to(mask_dtype or input.dtype), case.layout.to_reference(mask, channels)
+    return mask.to(mask_dtype or input.dtype), reference_mask(case.layout, mask, channels)
 
 
 def _as_tuple(value: int | tuple[int, ...], dims: int) -> tuple[int, ...]:
@@ -198,7 +198,7 @@ def test_legacy_behaviour_is_bit_identical(geometry, case, holes, mask_dtype, se
     run.assert_equivalent(context)
     seen = run.tensors
     assert torch.equal(seen["out_ours"], seen["out_ref"]), context
-    mask_ours = case.layout.to_reference(seen["mask_ours"], geometry["out_channels"])
+    mask_ours = reference_mask(case.layout, seen["mask_ours"], geometry["out_channels"])
     assert torch.equal(mask_ours, seen["mask_ref"]), context
 
 
@@ -211,7 +211,7 @@ def test_fractional_masks_follow_the_reference(geometry, case, seed):
     """Float masks with values in [0, 1] (float64): the reference's arithmetic, to 1e-12."""
     ours, ref, x, mask, _ = _case(geometry, case, torch.float64, seed)
     soft = torch.rand(mask.shape, generator=seeded(seed + 1), dtype=torch.float64) * mask  # keep some exact zeros
-    ref_soft = case.layout.to_reference(soft, geometry["in_channels"])
+    ref_soft = reference_mask(case.layout, soft, geometry["in_channels"])
     run = run_compare(ours, ref, x, soft, ref_soft, seed=seed)
     run.assert_equivalent(_context(case=case.name, **geometry))
 
@@ -258,7 +258,7 @@ def _encoder_masks(
         mask = base * random_holes((batch, channels, *spatial), 0.3, generator=gen).to(input.dtype)
     else:
         mask = base
-    return mask, layout.to_reference(mask, channels)
+    return mask, reference_mask(layout, mask, channels)
 
 
 MASKED_LAYOUTS = [MaskLayout.SINGLE, MaskLayout.MULTI, MaskLayout.SHARED]
@@ -280,7 +280,7 @@ def test_chained_encoder_float64(layout, holes):
     for n, (ours, ref) in enumerate(pairs):
         out_ours, mask = ours(out_ours, mask)
         out_ref, ref_mask = ref(out_ref, ref_mask)
-        assert torch.equal(layout.to_reference(mask, ours.out_channels), ref_mask), f"layer {n}: masks differ"
+        assert torch.equal(reference_mask(layout, mask, ours.out_channels), ref_mask), f"layer {n}: masks differ"
         holes_left.append(1 - ref_mask.mean().item())
     assert holes_left[1] > 0 and holes_left[-1] < holes_left[1], f"holes left after each layer: {holes_left}"
     grad = torch.randn(out_ref.shape, generator=generator, dtype=dtype)
@@ -315,7 +315,7 @@ def test_chained_encoder_legacy_float32_is_bit_identical(layout):
         if layout is MaskLayout.NONE:  # partial-convolution-based padding at every layer
             mask = ref_mask = None
         else:
-            assert torch.equal(layout.to_reference(mask, ours.out_channels), ref_mask), f"layer {n}: masks differ"
+            assert torch.equal(reference_mask(layout, mask, ours.out_channels), ref_mask), f"layer {n}: masks differ"
         assert torch.equal(out_ours, out_ref), f"layer {n}: outputs differ"
 
 

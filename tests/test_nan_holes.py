@@ -13,6 +13,7 @@ from helpers import LAYERS, MaskCase, random_mask, seeded
 from torch_pconv import PConv2d
 from torch_pconv import reference as ref_module
 from torch_pconv._masks import MaskLayout
+from torch_pconv.check import reference_mask
 from torch_pconv.holes import random_holes
 
 SPATIAL = {1: (13,), 2: (9, 10), 3: (5, 6, 7)}
@@ -22,7 +23,7 @@ CASES += [MaskCase(MaskLayout.SINGLE, broadcast=True), MaskCase(MaskLayout.MULTI
 
 def _poison(x: torch.Tensor, mask: torch.Tensor, value: float, layout: MaskLayout = MaskLayout.SINGLE) -> torch.Tensor:
     """``x`` with ``value`` wherever the mask (in ``layout``, broadcast to x) has a hole."""
-    hole = layout.to_reference(mask, x.shape[1]).expand_as(x) == 0
+    hole = reference_mask(layout, mask, x.shape[1]).expand_as(x) == 0
     return x.masked_fill(hole, value)
 
 

@@ -72,31 +72,6 @@ class MaskLayout(Enum):
     SINGLE = "single"  # (B|1, 1, *S) with multi_channel=False (NVIDIA's default)
     MULTI = "multi"  # (B|1, C_in, *S) with multi_channel=True (NVIDIA's multi-channel)
 
-    @property
-    def multi_channel(self) -> bool:
-        """The ``multi_channel`` flag NVIDIA's layer needs for a mask of this layout: a SHARED
-        mask is its multi-channel mask, expanded."""
-        return self in (MaskLayout.SHARED, MaskLayout.MULTI)
-
-    def shape(self, batch: int, in_channels: int, spatial: Sequence[int]) -> tuple[int, ...] | None:
-        """The shape of a mask of this layout for an input ``(batch, in_channels, *spatial)``
-        (a ``batch`` of 1 broadcasts); None for NONE."""
-        leading = {
-            MaskLayout.NONE: None,
-            MaskLayout.SHARED: (batch,),
-            MaskLayout.SINGLE: (batch, 1),
-            MaskLayout.MULTI: (batch, in_channels),
-        }[self]
-        return None if leading is None else (*leading, *spatial)
-
-    def to_reference(self, mask: Tensor | None, channels: int) -> Tensor | None:
-        """``mask`` as NVIDIA's layer has it: a SHARED ``(B, *S)`` mask becomes its multi-channel
-        mask ``(B, channels, *S)``; other layouts are NVIDIA's own. For a mask given to a layer
-        ``channels`` is C_in; for the update mask it returns, C_out."""
-        if self is MaskLayout.SHARED and mask is not None:
-            return mask.unsqueeze(1).expand(-1, channels, *mask.shape[1:])
-        return mask
-
 
 def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"

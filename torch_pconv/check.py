@@ -152,10 +152,39 @@ def compare(
 def _to_reference_layout(mask: Tensor, like: Tensor) -> Tensor:
     """Our returned mask in the layout of the reference's, ``like``: a (B, *S') mask is SHARED."""
     if mask.dim() == like.dim() - 1:
-        expanded = MaskLayout.SHARED.to_reference(mask, like.shape[1])
-        assert expanded is not None
-        return expanded
+        return reference_mask(MaskLayout.SHARED, mask, like.shape[1])
     return mask  # of another shape, torch.equal tells them apart
+
+
+# ----------------------------------------------------------------------------------------------
+# Mask layouts as NVIDIA's layer has them (the layer itself only reads and returns them)
+
+
+def reference_multi_channel(layout: MaskLayout) -> bool:
+    """The ``multi_channel`` flag NVIDIA's layer needs for a mask of ``layout``: a SHARED mask is
+    its multi-channel mask, expanded."""
+    return layout in (MaskLayout.SHARED, MaskLayout.MULTI)
+
+
+def reference_mask(layout: MaskLayout, mask: Tensor, channels: int) -> Tensor:
+    """``mask`` as NVIDIA's layer has it: a SHARED ``(B, *S)`` mask becomes its multi-channel mask
+    ``(B, channels, *S)``; other layouts are NVIDIA's own. For a mask given to a layer ``channels``
+    is C_in; for the update mask it returns, C_out."""
+    if layout is MaskLayout.SHARED:
+        return mask.unsqueeze(1).expand(-1, channels, *mask.shape[1:])
+    return mask
+
+
+def mask_shape(layout: MaskLayout, batch: int, in_channels: int, spatial: Sequence[int]) -> tuple[int, ...] | None:
+    """The shape of a mask of ``layout`` for an input ``(batch, in_channels, *spatial)`` (a
+    ``batch`` of 1 broadcasts); None for NONE."""
+    leading = {
+        MaskLayout.NONE: None,
+        MaskLayout.SHARED: (batch,),
+        MaskLayout.SINGLE: (batch, 1),
+        MaskLayout.MULTI: (batch, in_channels),
+    }[layout]
+    return None if leading is None else (*leading, *spatial)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +233,7 @@ SPATIAL = {2: (16, 16), 3: (8, 8, 8)}
 
 def make_mask(case: Case, spatial: tuple[int, ...], generator: torch.Generator) -> Tensor | None:
     """The mask of ``case``, in its layout, for a (BATCH, IN_CHANNELS, *spatial) input."""
-    shape = case.mask.shape(case.mask_batch, IN_CHANNELS, spatial)
+    shape = mask_shape(case.mask, case.mask_batch, IN_CHANNELS, spatial)
     if shape is None:
         return None
     if case.holes == "rectangles":
@@ -240,7 +269,9 @@ def run_check(
             x = torch.randn((BATCH, IN_CHANNELS, *spatial), generator=generator, dtype=dtype).to(device)
             mask = make_mask(case, spatial, generator)
             mask = None if mask is None else mask.to(device, dtype)
-            ref_mask = case.mask.to_reference(mask, IN_CHANNELS)  # (B, *S) is (B, C_in, *S) there
+            ref_mask = (
+                None if mask is None else reference_mask(case.mask, mask, IN_CHANNELS)
+            )  # (B, *S): (B, C_in, *S) there
             rows.append((case, dtype, compare(ours, ref, x, mask, ref_mask, seed=seed)))
     return rows
 
