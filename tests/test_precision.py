@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from helpers import seeded
 from torch import Tensor
 
-import torch_pconv.pconv
+import torch_pconv._masks
 from torch_pconv import PConv2d
 from torch_pconv.reference import PartialConv2d as Reference
 
@@ -144,14 +144,14 @@ def _forward(layer: torch.nn.Module, x: Tensor, mask: Tensor, precision: Precisi
 def ratio_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Tensor, int, Tensor, Tensor]]:
     """Record every (count, window, ratio, update) the layers compute: the counts are internal."""
     calls: list[tuple[Tensor, int, Tensor, Tensor]] = []
-    real = torch_pconv.pconv.ratio_and_update
+    real = torch_pconv._masks.ratio_from_counts
 
     def spy(count: Tensor, window: int) -> tuple[Tensor, Tensor]:
         ratio, update = real(count, window)
         calls.append((count.detach().clone(), window, ratio.detach().clone(), update.detach().clone()))
         return ratio, update
 
-    monkeypatch.setattr(torch_pconv.pconv, "ratio_and_update", spy)
+    monkeypatch.setattr(torch_pconv._masks, "ratio_from_counts", spy)
     return calls
 
 

@@ -166,8 +166,8 @@ def test_a_returned_multi_channel_mask_fed_back(cls, counted, monkeypatch):
 
     second, ref, hidden, update = _chain(cls)
     layouts = []
-    valid_map = pconv.valid_map
-    monkeypatch.setattr(pconv, "valid_map", lambda m, layout, *a: layouts.append(layout) or valid_map(m, layout, *a))
+    real = pconv.ratio_and_update
+    monkeypatch.setattr(pconv, "ratio_and_update", lambda m, layout, *a: layouts.append(layout) or real(m, layout, *a))
     out, _ = second(hidden, update)
     assert layouts == [counted]
     expected, _ = ref(hidden, update)

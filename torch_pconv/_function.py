@@ -1,8 +1,8 @@
 """The masked convolution of a partial convolution, with a backward that keeps what it must and no more.
 
-    output = conv(input ⊙ mask, weight) · ratio · update + bias · update
-
-``mask``, ``ratio`` and ``update`` are constants (no gradient flows to them). Left to autograd, the
+It computes the ``output`` line of the formula in the layers' docstrings (``help(torch_pconv.PConv2d)``),
+given ``ratio`` and ``update`` (see ``_masks``); ``mask``, ``ratio`` and ``update`` are constants
+here (the layer takes plain ops for a mask that carries a derivative). Left to autograd, the
 composite keeps the masked input, a full-size copy, for the weight gradient. :class:`PartialConvFunction`
 keeps the input instead (which the layer before holds anyway, as a ReLU keeps its output), the
 compact mask, the ratio, the update and the weight, all through ``ctx.save_for_backward``: autograd's
@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._masks import _CONV, as_dtype, mask_input, mask_input_constant
+from ._masks import _CONV, as_dtype, mask_gradient, mask_input, mask_input_constant
 
 
 class Geometry(NamedTuple):
@@ -132,12 +132,8 @@ class PartialConvFunction(torch.autograd.Function):
             del masked
         if needs_input:
             grad_input = _conv_backward(scaled, input.detach() if recorded else input, weight, geometry, False)
-            if mask is not None:
-                # The masking's gradient: the mask's entries where they let the input through (the
-                # gradient here is finite, so a product selects). In place unless recorded: the
-                # tensor is ours; a product has a derivative in every mode, where bits have none.
-                keep = mask if mask.is_floating_point() else mask != 0
-                grad_input = grad_input * keep if recorded else grad_input.mul_(keep)
+            if mask is not None:  # in place unless recorded: the tensor is ours
+                grad_input = mask_gradient(grad_input, mask, in_place=not recorded)
         del scaled
         if needs_bias:  # the sum autograd takes through the forward's addcmul, once scaled is gone
             grad_bias = _times(grad, update).sum([d for d in range(grad.dim()) if d != 1])

@@ -1,27 +1,20 @@
-"""The mask arithmetic of a partial convolution, as pure functions of the mask and the geometry.
+"""The mask arithmetic of a partial convolution: reading a mask, masking the input, and the
+``count``, ``ratio`` and ``update`` of the formula in the layers' docstrings
+(``help(torch_pconv.PConv2d)``), which is stated there once.
 
 A mask holds 1 for valid pixels and 0 for holes. A float mask enters NVIDIA's arithmetic as it is
 (fractional values included); a bool or integer mask means nonzero is valid, so that a 0/255
-image mask works as it is, in eager, compiled, exported and traced code alike.
-
-Every layout is reduced to a one-channel map of valid pixels, ``(B|1, 1, *S)``, plus a channel
-multiplicity: the number of input channels each pixel of that map stands for (``C_in`` for a
-multi-channel mask or a mask shared by all channels, 1 for NVIDIA's single-channel mask). The valid
-pixels under each window are counted by one small convolution with a ones kernel, in float32 or
-wider, so the counts are exact integers whatever the input's dtype. From the count ``c`` and the
-window size ``w`` (``multiplicity * prod(kernel)``):
-
-    ratio  = w / (c + 1e-8) * clamp(c, 0, 1)   where c > 0, else 0 (a select, so never inf or NaN)
-    update = clamp(c, 0, 1)
-
-which is NVIDIA's arithmetic, operation for operation, at NVIDIA's scale for each layout.
+image mask works as it is, in eager, compiled, exported and traced code alike. Every layout is
+counted on one channel: a map of valid input entries per pixel, ``(B|1, 1, *S)``, at NVIDIA's
+scale (``C_in`` entries a pixel for a multi-channel mask or one shared by all channels, 1 for
+NVIDIA's single-channel mask), so that its ratios round as NVIDIA's do.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from enum import Enum
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -147,8 +140,9 @@ def as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
-def _keep(mask: Tensor) -> Tensor:
-    """Which entries of ``mask`` let the input through: nonzero ones (a bool mask as it is)."""
+def keep(mask: Tensor) -> Tensor:
+    """Which entries of ``mask`` let the input through: nonzero ones (a bool mask as it is). The
+    one statement of it: the counts, the masking and its gradient all ask here."""
     return mask if mask.dtype == torch.bool else mask != 0
 
 
@@ -175,7 +169,7 @@ def mask_input(input: Tensor, mask: Tensor) -> Tensor:
         mask: broadcastable to ``input``; float (0/1 or fractional), bool, or integer (nonzero is valid).
     """
     mask = _like_input_layout(mask, input)
-    masked = torch.where(_keep(mask), input, 0)  # a tensor of its own: scaled in place
+    masked = torch.where(keep(mask), input, 0)  # a tensor of its own: scaled in place
     return masked.mul_(as_dtype(mask, input.dtype)) if mask.is_floating_point() else masked
 
 
@@ -184,7 +178,7 @@ def mask_input_differentiable_mask(input: Tensor, mask: Tensor) -> Tensor:
     the mask's derivative is NVIDIA's, that of ``input * mask``, under holes too (where the input
     is finite), while the forward there is 0 even where the input is not finite."""
     mask = as_dtype(_like_input_layout(mask, input), input.dtype)
-    return torch.where(_keep(mask), input * mask, input.nan_to_num(0.0, 0.0, 0.0) * mask)
+    return torch.where(keep(mask), input * mask, input.nan_to_num(0.0, 0.0, 0.0) * mask)
 
 
 def mask_input_constant(input: Tensor, mask: Tensor) -> Tensor:
@@ -202,7 +196,7 @@ def mask_input_constant(input: Tensor, mask: Tensor) -> Tensor:
     # NaN * 0 is NaN, so a multiply alone lets NaN and inf through. AND-ing the input's bits with
     # all-ones (keep) or all-zeros (hole) words selects exactly. A bool viewed as int8 and
     # negated is -1 or 0, which widens to all-ones or all-zeros words of any size.
-    bits = _keep(mask).view(torch.int8).neg()
+    bits = keep(mask).view(torch.int8).neg()
     if not mask.is_floating_point():
         return (input.view(words) & bits).view(input.dtype)
     masked = input * as_dtype(mask, input.dtype)  # fractional masks scale what they let through
@@ -210,33 +204,76 @@ def mask_input_constant(input: Tensor, mask: Tensor) -> Tensor:
     return masked
 
 
-def valid_count(
-    valid: Tensor,
-    kernel_size: Sequence[int],
-    stride: Sequence[int],
-    padding: str | Sequence[int],
-    dilation: Sequence[int],
-) -> Tensor:
-    """Count the valid pixels under each window of a one-channel map.
+def mask_gradient(grad: Tensor, mask: Tensor, in_place: bool) -> Tensor:
+    """The input gradient through :func:`mask_input`: ``grad`` times the mask's entries where they
+    let the input through (``grad`` is finite, so a product selects, and a product has a
+    derivative in every mode, where bits have none). In place when ``grad`` is the caller's own."""
+    factor = mask if mask.is_floating_point() else keep(mask)
+    return grad.mul_(factor) if in_place else grad * factor
+
+
+class Windows(Protocol):
+    """What the counts depend on: a partial convolution's geometry and flag (its layer)."""
+
+    in_channels: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: str | tuple[int, ...]
+    dilation: tuple[int, ...]
+    multi_channel: bool
+
+
+def ratio_and_update(mask: Tensor | None, layout: MaskLayout, windows: Windows, like: Tensor) -> tuple[Tensor, Tensor]:
+    """NVIDIA's mask ratio and update mask: ``ratio`` and ``update`` of the formula in the layers'
+    docstrings (``help(torch_pconv.PConv2d)``), for ``mask`` of ``layout`` (None: all valid).
+
+    The mask is collapsed to one channel of valid-entry counts per pixel, at NVIDIA's scale for
+    the layout, and its windows are counted by one small convolution in float32 or wider (float64
+    for a float64 ``like``), so the counts are exact integers for 0/1 masks whatever the input's
+    dtype, and the division rounds as the reference's does.
 
     Shape:
-        valid: ``(B|1, 1, *S)``, in float32 or float64; returns ``(B|1, 1, *S')`` of exact
-        integers (for 0/1 maps) in the same dtype.
-
-    Zero padding always, as in NVIDIA's layer, whatever the layer's padding_mode: padded pixels
-    are holes. ``valid`` never requires grad (it is made from a detached mask), so nothing is
-    recorded; autocast is turned off where it is on (CPU autocast would count in bfloat16, where
-    counts above 256 are inexact).
+        mask: ``(B|1, *S)`` (SHARED), ``(B|1, 1, *S)`` (SINGLE), ``(B|1, C_in, *S)`` (MULTI);
+        like: the input ``(B, C_in, *S)``; returns ratio and update ``(B|1, 1, *S')``.
     """
-    ones = torch.ones((1, 1, *kernel_size), dtype=valid.dtype, device=valid.device)
-    conv = _CONV[len(kernel_size)]
+    dtype = count_dtype(like.dtype)
+    multiplicity = _channels_per_pixel(layout, windows.in_channels, windows.multi_channel)
+    if mask is None:
+        valid = torch.full((1, 1, *like.shape[2:]), multiplicity, dtype=dtype, device=like.device)
+    else:
+        valid = _valid_map(mask.detach(), layout, windows.in_channels, dtype)
+    count = _count(valid, windows)
+    return ratio_from_counts(count, multiplicity * math.prod(windows.kernel_size))
+
+
+def _valid_map(mask: Tensor, layout: MaskLayout, in_channels: int, dtype: torch.dtype) -> Tensor:
+    """The number of valid input entries at each pixel, ``(B|1, 1, *S)`` in ``dtype``: summing a
+    multi-channel mask over its channels is what NVIDIA's ``(C_out, C_in, *k)`` ones kernel does
+    for every output channel, exact for 0/1 masks; a SHARED mask stands for ``C_in`` equal channels."""
+    if not mask.is_floating_point():
+        mask = keep(mask)  # bool and integer masks: nonzero is valid (a 0/255 PNG mask works as is)
+    if layout is MaskLayout.SHARED:
+        return as_dtype(mask.unsqueeze(1), dtype) * in_channels
+    if layout is MaskLayout.MULTI:
+        return mask.sum(1, keepdim=True, dtype=dtype)
+    return as_dtype(mask, dtype)
+
+
+def _count(valid: Tensor, windows: Windows) -> Tensor:
+    """The sum of ``valid`` under each window, with zero padding whatever the layer's padding_mode
+    (padded pixels are holes, as in NVIDIA's layer). Nothing is recorded (``valid`` is made from
+    a detached mask); autocast is turned off where it is on (CPU autocast would count in bfloat16,
+    where counts above 256 are inexact)."""
+    ones = torch.ones((1, 1, *windows.kernel_size), dtype=valid.dtype, device=valid.device)
+    conv = _CONV[len(windows.kernel_size)]
+    stride, padding, dilation = windows.stride, windows.padding, windows.dilation
     if not autocast_enabled(valid.device.type):
         return conv(valid, ones, None, stride, padding, dilation)
     with autocast_off(valid.device.type):
         return conv(valid, ones, None, stride, padding, dilation)
 
 
-def channels_per_pixel(layout: MaskLayout, in_channels: int, multi_channel: bool) -> int:
+def _channels_per_pixel(layout: MaskLayout, in_channels: int, multi_channel: bool) -> int:
     """How many input entries one pixel of the valid map stands for, as NVIDIA counts them.
 
     NVIDIA's multi-channel layer sums its mask over all ``C_in`` channels; its single-channel
@@ -247,30 +284,8 @@ def channels_per_pixel(layout: MaskLayout, in_channels: int, multi_channel: bool
     return in_channels
 
 
-def valid_map(mask: Tensor, layout: MaskLayout, in_channels: int, dtype: torch.dtype) -> Tensor:
-    """The number of valid input entries at each pixel: the mask collapsed to one channel.
-
-    Shape:
-        mask: ``(B|1, *S)`` (SHARED), ``(B|1, 1, *S)`` (SINGLE) or ``(B|1, C_in, *S)`` (MULTI);
-        returns ``(B|1, 1, *S)`` in ``dtype``. Summing a multi-channel mask over its channels is
-        what NVIDIA's ``(C_out, C_in, *k)`` ones kernel does for every output channel, and it is
-        exact for 0/1 masks; a SHARED mask stands for ``C_in`` equal channels.
-    """
-    if not mask.is_floating_point():
-        mask = _keep(mask)  # bool and integer masks: nonzero is valid (a 0/255 PNG mask works as is)
-    if layout is MaskLayout.SHARED:
-        return as_dtype(mask.unsqueeze(1), dtype) * in_channels
-    if layout is MaskLayout.MULTI:
-        return mask.sum(1, keepdim=True, dtype=dtype)
-    return as_dtype(mask, dtype)
-
-
-def ratio_and_update(count: Tensor, window: int) -> tuple[Tensor, Tensor]:
-    """NVIDIA's mask ratio and update mask from window counts (see the module docstring).
-
-    ``count`` and ``window`` must be at NVIDIA's scale for the layout (the count summed over the
-    channels the window spans), so that the division rounds exactly as the reference's does.
-    """
+def ratio_from_counts(count: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """``ratio`` and ``update`` from the window counts and the window size, both at NVIDIA's scale."""
     update = count.clamp(0, 1)
     if compiling_or_tracing():
         # A select, not NVIDIA's window / eps * 0: ONNX exporters fold the + eps away (the graph
@@ -279,8 +294,3 @@ def ratio_and_update(count: Tensor, window: int) -> tuple[Tensor, Tensor]:
     # NVIDIA's ops in its order (window / t is t.reciprocal() * window), in place: three fewer
     # small ops a call than the select, which gives the same values in eager (1e8·window·0 = 0).
     return (count + EPS).reciprocal_().mul_(window).mul_(update), update
-
-
-def window_size(kernel_size: Sequence[int], multiplicity: int) -> int:
-    """The number of mask entries a window spans: multiplicity * prod(kernel_size)."""
-    return multiplicity * math.prod(kernel_size)

@@ -14,16 +14,12 @@ from ._function import Geometry, PartialConvFunction, partial_conv
 from ._masks import (
     MaskLayout,
     PConvError,
-    channels_per_pixel,
     check_input,
     count_dtype,
     mask_input_constant,
     mask_input_differentiable_mask,
     ratio_and_update,
     read_layout,
-    valid_count,
-    valid_map,
-    window_size,
 )
 from ._quirks import (
     autocast_dtype,
@@ -208,8 +204,7 @@ class _PartialConvNd(_ConvNd):
                 # write to): the same mask for every channel, as a (B, *S) mask says. Count and
                 # apply it once. A mask of C channels of its own is counted as NVIDIA does.
                 mask, counted = mask[:, 0], MaskLayout.SHARED
-            valid = valid_map(mask.detach(), counted, self.in_channels, count_dtype(input.dtype))
-            ratio, update = self._ratio_and_update(valid, counted)
+            ratio, update = ratio_and_update(mask, counted, self, input)
             if counted is MaskLayout.SHARED:
                 mask = mask.unsqueeze(1)
         output = self._masked_conv(input, weight, bias, mask, ratio, update, differentiable)
@@ -278,30 +273,19 @@ class _PartialConvNd(_ConvNd):
         assert not isinstance(padding, str)
         return Geometry(tuple(self.stride), tuple(padding), tuple(self.dilation), self.groups)
 
-    def _ratio_and_update(self, valid: Tensor, layout: MaskLayout) -> tuple[Tensor, Tensor]:
-        count = valid_count(valid, self.kernel_size, self.stride, self.padding, self.dilation)
-        channels = channels_per_pixel(layout, self.in_channels, self.multi_channel)
-        return ratio_and_update(count, window_size(self.kernel_size, channels))
-
     def _padding_ratio(self, input: Tensor) -> tuple[Tensor, Tensor]:
         """Ratio and update for mask=None: a function of the spatial size alone, so cached."""
-        dtype = count_dtype(input.dtype)
         if not _cacheable(input):
-            return self._ratio_and_update(self._all_valid(input, dtype), MaskLayout.NONE)
+            return ratio_and_update(None, MaskLayout.NONE, self, input)
         geometry = (self.kernel_size, self.stride, self.padding, self.dilation, self.in_channels, self.multi_channel)
-        key = (input.shape[2:], input.device, dtype, torch.is_inference_mode_enabled(), geometry)
+        key = (input.shape[2:], input.device, count_dtype(input.dtype), torch.is_inference_mode_enabled(), geometry)
         cached = self._ratio_cache.get(key)
         if cached is None:
-            cached = self._ratio_and_update(self._all_valid(input, dtype), MaskLayout.NONE)
+            cached = ratio_and_update(None, MaskLayout.NONE, self, input)
             if len(self._ratio_cache) >= _CACHE_SIZE:
                 self._ratio_cache.pop(next(iter(self._ratio_cache)), None)
             self._ratio_cache[key] = cached
         return cached
-
-    def _all_valid(self, input: Tensor, dtype: torch.dtype) -> Tensor:
-        """The valid map of mask=None: every entry valid, at NVIDIA's scale (C_in with multi_channel)."""
-        channels = channels_per_pixel(MaskLayout.NONE, self.in_channels, self.multi_channel)
-        return torch.full((1, 1, *input.shape[2:]), channels, dtype=dtype, device=input.device)
 
     def _returned_mask(self, update: Tensor, layout: MaskLayout, input: Tensor) -> Tensor:
         """The update mask in the layout the mask came in, in the input's dtype."""
