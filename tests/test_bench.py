@@ -1,7 +1,10 @@
 """`python -m torch_pconv bench`: the memory meter on cases with a known answer, the interleaving and
-the ratios on synthetic samples, the other builds' loaders, the compiled config's fallbacks, the
-progress lines, and a smoke run on tiny configs that checks the JSON, CSV and PNG it writes. No
-assertion depends on how fast anything ran."""
+the ratios (with their quartiles) on synthetic samples, the other builds' loaders, the compiled
+config's fallbacks, the allocator's setting, the progress lines, and a smoke run on tiny configs that
+checks the JSON, CSV and PNG it writes. No assertion depends on how fast anything ran.
+
+No test here changes the test process's allocator: the C library's mallopt is replaced by a fake
+that records its calls (one test runs the real one, in a process of its own)."""
 
 from __future__ import annotations
 
@@ -22,12 +25,17 @@ import torch
 from torch import nn
 
 import torch_pconv
-from torch_pconv import bench
 from torch_pconv.__main__ import main
 from torch_pconv._masks import MaskLayout
-from torch_pconv.bench import cli, impls, measure, report
+from torch_pconv._progress import Progress
+from torch_pconv.bench import allocator, cli, impls
 from torch_pconv.bench.configs import CONFIGS, MEMORY, MODES, Config, Settings
+from torch_pconv.bench.files import CSV_FIELDS, write_chart
+from torch_pconv.bench.memory import LiveBytes, measure_memory
+from torch_pconv.bench.records import environment, records
+from torch_pconv.bench.report import format_report
 from torch_pconv.bench.run import Row, Run, run_bench
+from torch_pconv.bench.timing import Samples, time_interleaved
 
 FLOAT = 4  # bytes of a float32
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +47,36 @@ def _row(name: str) -> impls.Impl:
     return next(impl for impl in impls.IMPLS if impl.name == name)
 
 
+_real_glibc = allocator._glibc  # before the fixture below replaces it
+
+
+class FakeLibc:
+    """glibc as the allocator module sees it, with a mallopt that records its calls and accepts them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, option: int, value: int) -> int:
+        self.calls.append((option, value))
+        return 1
+
+
+@pytest.fixture(autouse=True)
+def libc(monkeypatch: pytest.MonkeyPatch) -> FakeLibc:
+    """The fake C library every test here sees, and the allocator's setting restored after each."""
+    fake = FakeLibc()
+    monkeypatch.setattr(allocator, "_glibc", lambda: fake)
+    monkeypatch.setattr(allocator, "_setting", allocator._setting)
+    return fake
+
+
 # ----------------------------------------------------------------------------------------------
 # The memory meter
 
 
 def test_live_bytes_counts_known_allocations() -> None:
     n = 1000
-    with bench.LiveBytes("cpu") as meter:
+    with LiveBytes("cpu") as meter:
         kept = torch.empty(n)  # made under the meter, freed inside the window
         with meter.window("known"):
             a = torch.empty(2 * n)  # live: 2n
@@ -59,7 +90,7 @@ def test_live_bytes_counts_known_allocations() -> None:
 def test_live_bytes_sees_temporaries_inside_an_expression() -> None:
     n = 4096
     x = torch.randn(n)
-    with bench.LiveBytes("cpu") as meter, meter.window("expr"):
+    with LiveBytes("cpu") as meter, meter.window("expr"):
         y = (x + x) * x  # the temporary x + x and the result are live together
     assert meter.results["expr"] == (2 * n * FLOAT, n * FLOAT)
     del y
@@ -68,7 +99,7 @@ def test_live_bytes_sees_temporaries_inside_an_expression() -> None:
 def test_live_bytes_held_by_the_graph() -> None:
     # sin saves its input: x * x stays alive with the graph, next to the output.
     n = 4096
-    with bench.LiveBytes("cpu") as meter:
+    with LiveBytes("cpu") as meter:
         x = torch.randn(n, requires_grad=True)
         with meter.window("graph"):
             out = (x * x).sin()
@@ -80,7 +111,7 @@ def test_live_bytes_held_by_the_graph() -> None:
 
 
 def test_live_bytes_silences_the_profiler_and_nothing_else(capfd: pytest.CaptureFixture[str]) -> None:
-    with bench.LiveBytes("cpu") as meter, meter.window("w"):
+    with LiveBytes("cpu") as meter, meter.window("w"):
         os.write(2, b"a line of the caller's\n")
         torch.empty(10)
     err = capfd.readouterr().err
@@ -90,7 +121,7 @@ def test_live_bytes_silences_the_profiler_and_nothing_else(capfd: pytest.Capture
 
 def _memory(name: str, config: Config, metrics: tuple[str, ...] = MEMORY) -> dict[str, int]:
     net, inputs = impls.build_network(_row(name), config, FAST), impls.make_inputs(config, FAST)
-    return bench.measure_memory(net, inputs, inputs.masks[_row(name).mask], metrics, "cpu")
+    return measure_memory(net, inputs, inputs.masks[_row(name).mask], metrics, "cpu")
 
 
 def test_memory_of_a_convolution_holds_its_output() -> None:
@@ -111,9 +142,9 @@ def test_memory_figures_repeat_to_the_byte() -> None:
     encoder = replace(TINY, layers=2)
     net, inputs = impls.build_network(_row("NVIDIA multi_channel"), encoder, FAST), impls.make_inputs(encoder, FAST)
     mask = inputs.masks[MaskLayout.MULTI]
-    first = bench.measure_memory(net, inputs, mask, MEMORY, "cpu")
-    assert bench.measure_memory(net, inputs, mask, MEMORY, "cpu") == first
-    assert bench.measure_memory(net, inputs, mask, MEMORY[3:4], "cpu") == {MEMORY[3]: first[MEMORY[3]]}
+    first = measure_memory(net, inputs, mask, MEMORY, "cpu")
+    assert measure_memory(net, inputs, mask, MEMORY, "cpu") == first
+    assert measure_memory(net, inputs, mask, MEMORY[3:4], "cpu") == {MEMORY[3]: first[MEMORY[3]]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,7 +154,7 @@ def test_memory_figures_repeat_to_the_byte() -> None:
 def test_each_timed_call_sits_between_two_conv_calls() -> None:
     calls: list[str] = []
     steps = {name: {mode: (lambda n=name: calls.append(n)) for mode in ("f", "b")} for name in ("conv", "a", "b", "c")}
-    found = bench.time_interleaved(steps, dict.fromkeys(steps, "conv"), repeats=3, warmup=1, calls=2)
+    found = time_interleaved(steps, dict.fromkeys(steps, "conv"), repeats=3, warmup=1, calls=2)
     rounds = [calls[i : i + 14] for i in range(0, len(calls), 14)]  # per mode: conv + 3 × (x, conv), 2 calls each
     assert len(rounds) == 4 * 2
     firsts = []
@@ -145,14 +176,14 @@ def test_each_call_sits_between_calls_of_its_own_conv() -> None:
     names = ("eager conv", "eager", "compiled conv", "compiled")
     steps = {name: {"f": (lambda n=name: calls.append(n))} for name in names}
     convs = {"eager conv": "eager conv", "eager": "eager conv", "compiled conv": "compiled conv"}
-    found = bench.time_interleaved(steps, {**convs, "compiled": "compiled conv"}, repeats=2, warmup=0)
+    found = time_interleaved(steps, {**convs, "compiled": "compiled conv"}, repeats=2, warmup=0)
     first = ["eager conv", "eager", "eager conv", "compiled conv", "compiled", "compiled conv"]
     assert calls == first + first[3:] + first[:3]
     assert all(len(found[name]["f"].seconds) == 2 for name in names)
 
 
-def _samples(seconds: list[float], conv: list[float]) -> measure.Samples:
-    return measure.Samples(seconds, conv)
+def _samples(seconds: list[float], conv: list[float]) -> Samples:
+    return Samples(seconds, conv)
 
 
 def test_records_ratios_from_neighbouring_calls() -> None:
@@ -164,13 +195,21 @@ def test_records_ratios_from_neighbouring_calls() -> None:
         Row(config, ours, {"forward": _samples([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])}, {"peak forward": 150}, 1e-8),
         Row(config, nvidia, {"forward": _samples([4.0, 4.0, 4.0], [1.0, 1.0, 1.0])}, {"peak forward": 300}, 0.0),
     ]
-    recs = report.records(Run([config], rows, [], FAST))
+    recs = records(Run([config], rows, [], FAST))
     get = {(r["implementation"], r["metric"]): r for r in recs}
     time = get[("PConv2d", "time forward")]
     assert time["ratio_to_conv"] == 2.0 and time["value"] == 4000.0  # ms
     assert time["ratio_to_nvidia"] == 0.5  # median of 2/4, 2/4, 3/4
     assert time["beyond_conv_us"] == 2e6  # median of 1, 2, 6 seconds
     assert time["samples_ms"] == [2000.0, 4000.0, 9000.0]
+    # Each median with its quartiles: the first and the third of the three samples' midpoints.
+    assert (time["value_q1"], time["value_q3"], time["min"], time["max"]) == (3000.0, 6500.0, 2000.0, 9000.0)
+    assert (time["ratio_to_conv_q1"], time["ratio_to_conv_q3"]) == (2.0, 2.5)
+    assert (time["ratio_to_nvidia_q1"], time["ratio_to_nvidia_q3"]) == (0.5, 0.625)
+    assert (time["beyond_conv_us_q1"], time["beyond_conv_us_q3"]) == (1.5e6, 4e6)
+    text = format_report(Run([config], rows, [], FAST), recs, environment(Run([config], rows, [], FAST)), [])
+    line = next(line for line in text.splitlines() if line.startswith("PConv2d "))
+    assert line.split() == ["PConv2d", "4000", "±1750", "2.00", "±0.25×", "0.50", "±0.06×"]
     assert get[("nn.Conv2d", "time forward")]["ratio_to_conv"] == 1.0
     memory = get[("PConv2d", "memory peak forward")]
     assert (memory["ratio_to_conv"], memory["ratio_to_nvidia"]) == (1.5, 0.5)
@@ -198,7 +237,7 @@ def _v011_wheel(tmp_path: Path) -> Path:
 
 
 def test_load_v011_reads_pconv_from_a_wheel(tmp_path: Path) -> None:
-    cls = bench.load_v011(_v011_wheel(tmp_path))
+    cls = impls.load_v011(_v011_wheel(tmp_path))
     assert cls.__name__ == "PConv2d" and cls.__module__ == "torch_pconv_v011"
     assert cls(1, 2).args == (1, 2)  # type: ignore[attr-defined]
 
@@ -215,13 +254,13 @@ def _assert_loaded_apart(cls: type[nn.Module], package: Path) -> None:
 
 def test_load_baseline_from_a_copy_of_this_checkout(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "torch_pconv", tmp_path / "torch_pconv", ignore=shutil.ignore_patterns("__pycache__"))
-    cls = bench.load_baseline(tmp_path)
+    cls = impls.load_baseline(tmp_path)
     _assert_loaded_apart(cls, tmp_path)
     # Its own masks module, not ours: the relative imports resolved within the copy.
     assert sys.modules["torch_pconv_baseline._masks"] is not torch_pconv._masks
-    assert bench.load_baseline(tmp_path / "torch_pconv").__module__ == "torch_pconv_baseline.pconv"
+    assert impls.load_baseline(tmp_path / "torch_pconv").__module__ == "torch_pconv_baseline.pconv"
     with pytest.raises(FileNotFoundError, match="no torch_pconv package"):
-        bench.load_baseline(tmp_path / "nowhere")
+        impls.load_baseline(tmp_path / "nowhere")
 
 
 OLD_COMMIT = "1c196f3"  # before the quirks module: pconv, masks and reference only
@@ -275,7 +314,7 @@ def test_a_build_that_fails_on_this_torch_is_a_note(tmp_path: Path) -> None:
         "    def forward(self, input, mask=None):\n"
         "        raise AttributeError(\"module 'torch' has no attribute 'gone'\\nmore\")\n"
     )
-    settings = replace(FAST, baseline=bench.load_baseline(tmp_path), baseline_path=tmp_path)
+    settings = replace(FAST, baseline=impls.load_baseline(tmp_path), baseline_path=tmp_path)
     run = run_bench([replace(TINY, modes=MODES[:1], memory=MEMORY[:1])], settings)
     assert (
         "torch_pconv (baseline) not measured on tiny: it fails (AttributeError: module 'torch' has no attribute 'gone')"
@@ -313,9 +352,9 @@ def test_compiled_config_whose_compile_fails_is_a_note(monkeypatch: pytest.Monke
     failed = "torch.compile of nn.Conv2d (compiled) failed (RuntimeError: Dynamo is not supported here)"
     assert note == f"compiled not measured: {failed}"
     assert run.rows == []
-    recs = report.records(run)
-    env = report.environment(run)
-    assert note in report.format_report(run, recs, env, run.notes)
+    recs = records(run)
+    env = environment(run)
+    assert note in format_report(run, recs, env, run.notes)
 
 
 def test_compiled_config_rows_with_a_stand_in_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -325,12 +364,12 @@ def test_compiled_config_rows_with_a_stand_in_compiler(monkeypatch: pytest.Monke
     run = run_bench([_compiled()], FAST)
     names = [row.impl.name for row in run.rows]
     assert names == ["nn.Conv2d", "PConv2d", "nn.Conv2d (compiled)", "PConv2d (compiled)"]
-    recs = report.records(run)
+    recs = records(run)
     get = {(r["implementation"], r["metric"]): r for r in recs}
     assert get[("nn.Conv2d (compiled)", "time forward")]["ratio_to_conv"] == 1.0  # each row's own conv
     assert get[("nn.Conv2d", "time forward")]["ratio_to_conv"] == 1.0
     assert get[("PConv2d (compiled)", "memory held forward→backward")]["ratio_to_conv"] > 0
-    text = report.format_report(run, recs, report.environment(run), run.notes)
+    text = format_report(run, recs, environment(run), run.notes)
     assert "forward, PConv2d ÷ nn.Conv2d: compiled" in text
 
 
@@ -359,6 +398,7 @@ def test_bench_command_writes_json_csv_png(tmp_path: Path, capsys: pytest.Captur
     printed = capsys.readouterr().out
     assert printed.startswith("[1/1] custom done in ")  # not a terminal: one plain line per config
     assert "×conv" in printed and "×NVIDIA" in printed and "memory: bytes of live tensors" in printed
+    assert "median ± IQR/2 of 2 interleaved repeats" in printed and " ±" in printed
     assert "reference" not in printed.replace("torch_pconv.reference", "")
 
     data = json.loads((tmp_path / "bench.json").read_text())
@@ -372,7 +412,9 @@ def test_bench_command_writes_json_csv_png(tmp_path: Path, capsys: pytest.Captur
     }
     times = [r for r in data["results"] if r["metric"].startswith("time ")]
     assert len(times) == len(names) * len(MODES)
-    assert all(len(r["samples_ms"]) == 2 and r["q1"] <= r["value"] <= r["q3"] for r in times)
+    assert all(len(r["samples_ms"]) == 2 and r["min"] <= r["value_q1"] <= r["value"] <= r["value_q3"] for r in times)
+    for name in ("ratio_to_conv", "ratio_to_nvidia", "beyond_conv_us"):
+        assert all(r[f"{name}_q1"] <= r[name] <= r[f"{name}_q3"] for r in times)
     assert all(r["ratio_to_conv"] > 0 and r["ratio_to_nvidia"] > 0 for r in times)
     memory = [r for r in data["results"] if r["metric"].startswith("memory ")]
     assert len(memory) == len(names) * len(MEMORY) and all(r["value"] > 0 for r in memory)
@@ -383,7 +425,8 @@ def test_bench_command_writes_json_csv_png(tmp_path: Path, capsys: pytest.Captur
 
     with (tmp_path / "bench.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert len(rows) == len(data["results"]) and "ratio_to_nvidia" in rows[0]
+    assert len(rows) == len(data["results"]) and list(rows[0]) == CSV_FIELDS
+    assert {f"{name}_q3" for name in ("value", "ratio_to_conv", "ratio_to_nvidia", "beyond_conv_us")} <= set(times[0])
     assert {float(r["value"]) for r in rows} == {float(r["value"]) for r in data["results"]}
 
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -396,13 +439,13 @@ def test_fixed_cost_and_bfloat16_configs(tmp_path: Path) -> None:
     fixed = replace(CONFIGS["fixed"], calls=2)
     run = run_bench([fixed, bf16], replace(FAST, full=True))  # full: whatever this CPU's bfloat16 speed
     assert torch.get_num_threads() == threads  # the fixed config's one thread is undone
-    recs = report.records(run)
+    recs = records(run)
     get = {(r["config"], r["implementation"], r["metric"]): r for r in recs}
     fixed_metrics = {"time forward", "time forward+backward", "relative error vs NVIDIA"}
     assert {m for c, _, m in get if c == "fixed"} == fixed_metrics
     assert isinstance(get[("fixed", "PConv2d", "time forward")]["beyond_conv_us"], float)
     assert get[("bf16", "PConv2d", "relative error vs NVIDIA")]["value"] < 3e-2
-    text = report.format_report(run, recs, report.environment(run), run.notes)
+    text = format_report(run, recs, environment(run), run.notes)
     assert "µs beyond" in text and "(bfloat16, cpu)" in text and "1 thread" in text
 
 
@@ -437,7 +480,7 @@ def test_bench_without_matplotlib_skips_the_chart(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     config = replace(TINY, holes=None, modes=MODES[:1], memory=MEMORY[:1])
     run = run_bench([config], replace(FAST, repeats=1))
-    assert report.write_chart(tmp_path / "bench.png", run, report.records(run), report.environment(run)) == (
+    assert write_chart(tmp_path / "bench.png", run, records(run), environment(run)) == (
         "matplotlib is not installed (pip install 'torch_pconv[bench]'): no chart"
     )
     assert not (tmp_path / "bench.png").exists()
@@ -452,27 +495,74 @@ def test_bench_without_matplotlib_skips_the_chart(tmp_path: Path, monkeypatch: p
 
 
 def test_progress_lines_off_a_terminal_and_a_bar_on_one() -> None:
+    # The command off a terminal, in test_bench_command_writes_json_csv_png: a line per config.
+    # Without a bar: lines from write and set_postfix, nothing from update.
     stream = io.StringIO()
-    progress = cli.Progress(total=5, configs=2, stream=stream)
-    progress.tick()
-    progress.done(TINY, 1.25)
-    progress.done(replace(TINY, name="other"), 2.0)
+    progress = Progress(5, unit="call", bar=False, stream=stream)
+    progress.update()
+    progress.write("[1/2] tiny done in 1.2 s")
+    progress.update(2)
+    progress.set_postfix({"loss": "0.5"})
     progress.close()
-    assert stream.getvalue() == "[1/2] tiny done in 1.2 s\n[2/2] other done in 2.0 s\n"
+    assert stream.getvalue() == "[1/2] tiny done in 1.2 s\ncall 3: loss 0.5\n"
+    quiet = io.StringIO()
+    progress = Progress(5, quiet=True, stream=quiet)
+    progress.update()
+    progress.write("nothing")
+    progress.set_postfix({"loss": "0.5"})
+    assert quiet.getvalue() == "" and progress.bar is None
 
     pytest.importorskip("tqdm")
-
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    terminal = Terminal()
-    progress = cli.Progress(total=5, configs=1, stream=terminal)
+    terminal = io.StringIO()
+    progress = Progress(5, unit="call", leave=False, stream=terminal)
     assert progress.bar is not None
-    progress.tick()
-    progress.done(TINY, 1.0)
+    progress.update()
+    progress.write("[1/1] tiny done in 1.0 s")
     progress.close()
     assert "[1/1] tiny done in 1.0 s" in terminal.getvalue() and "1/5" in terminal.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# The allocator
+
+
+def test_allocator_keeps_freed_memory_by_default_and_not_with_the_flag(libc: FakeLibc, tmp_path: Path) -> None:
+    tiny = [*_TINY_ARGS, "--holes", "0", "--repeats", "1", "--warmup", "0"]
+    assert main(["bench", *tiny, "--out", str(tmp_path / "kept")]) == 0
+    assert libc.calls == list(allocator.KEPT.values())
+    kept = json.loads((tmp_path / "kept" / "bench.json").read_text())["environment"]["allocator"]
+    assert "freed memory kept (mallopt M_MMAP_THRESHOLD 32 MiB, M_MMAP_MAX 0," in kept
+
+    libc.calls.clear()
+    assert main(["bench", *tiny, "--default-allocator", "--out", str(tmp_path / "default")]) == 0
+    assert libc.calls == []
+    default = json.loads((tmp_path / "default" / "bench.json").read_text())["environment"]["allocator"]
+    assert default.endswith(": its defaults (--default-allocator)")
+
+
+def test_allocator_says_what_glibc_refused(libc: FakeLibc, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(libc, "mallopt", lambda option, value: int(option != allocator.KEPT["M_TOP_PAD"][0]))
+    assert allocator.configure().endswith("; refused: M_TOP_PAD")
+
+
+def test_allocator_left_alone_outside_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real lookup, on a platform whose C library is not glibc (macOS, Windows, musl).
+    monkeypatch.setattr(allocator, "_glibc", _real_glibc)
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("", ""))
+    assert allocator._glibc() is None
+    for keep in (True, False):
+        assert allocator.configure(keep).endswith("C library: its own defaults (only glibc's is tuned)")
+    assert allocator.setting() == allocator.configure()
+
+
+def test_allocator_setting_in_a_process_of_its_own() -> None:
+    # The real mallopt, applied where it changes nothing but a throwaway process.
+    code = "from torch_pconv.bench import allocator; print(allocator.configure())"
+    said = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    if _real_glibc() is None:
+        assert "its own defaults" in said
+    else:
+        assert "freed memory kept" in said and "refused" not in said
 
 
 def _parse(*args: str) -> Any:
@@ -485,7 +575,8 @@ def test_configs_from_options() -> None:
     default = cli.selected_configs(_parse())
     assert [c.name for c in default] == list(CONFIGS)
     assert all(c.quick is None for c in default)
-    assert _parse().repeats >= 9
+    assert cli.repeats_of(_parse()) == 9 and cli.repeats_of(_parse("--full")) == 15  # unless --repeats says
+    assert cli.repeats_of(_parse("--full", "--repeats", "3")) == 3
     by_name = {c.name: c for c in default}
     quick = CONFIGS["inpainting"].quick
     assert quick is not None and (by_name["inpainting"].batch, by_name["inpainting"].size) == (quick.batch, quick.size)

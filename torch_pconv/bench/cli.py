@@ -1,4 +1,4 @@
-"""``python -m torch_pconv bench``: the options, the progress shown while it runs, and the files it writes."""
+"""``python -m torch_pconv bench``: the options, the allocator and the progress of a run, and the files it writes."""
 
 from __future__ import annotations
 
@@ -9,18 +9,23 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
+from .._progress import Progress
+from . import allocator
 from .configs import CONFIGS, DTYPES, Config, Settings
+from .files import write_chart, write_csv, write_json
 from .impls import load_baseline, load_v011
-from .report import environment, format_report, records, write_chart, write_csv, write_json
+from .networks import deepest
+from .records import environment, records
+from .report import format_report
 from .run import Run, plan, run_bench, ticks
 
-__all__ = ["Progress", "add_arguments", "main", "problem", "selected_configs"]
-
 PROG = "python -m torch_pconv bench"
+# Timed calls per mode and implementation: more at the full sizes, whose figures are the published ones.
+REPEATS, FULL_REPEATS = 9, 15
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -59,7 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, such as cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="(default: float32)")
     parser.add_argument(
-        "--repeats", type=_at_least(1), default=9, help="timed calls per mode and implementation (default: 9)"
+        "--repeats",
+        type=_at_least(1),
+        help=f"timed calls per mode and implementation (default: {REPEATS}; {FULL_REPEATS} with --full)",
     )
     parser.add_argument("--warmup", type=_at_least(0), default=1, help="untimed rounds first (default: 1)")
     parser.add_argument(
@@ -69,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch", type=_at_least(1), help="batch size of every config run (default: each config's own)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's malloc at its defaults, which give freed memory back to the system (default: keep it)",
+    )
     parser.add_argument("--threads", type=_at_least(1), help="torch.set_num_threads for the run (default: torch's own)")
     parser.add_argument("--v011", metavar="PATH", help="torch-pconv 0.1.1's wheel or folder, to measure it too")
     parser.add_argument(
@@ -100,6 +112,13 @@ def selected_configs(args: argparse.Namespace) -> list[Config]:
     return configs
 
 
+def repeats_of(args: argparse.Namespace) -> int:
+    """--repeats, or its default for the sizes run."""
+    if args.repeats is not None:
+        return int(args.repeats)
+    return FULL_REPEATS if args.full else REPEATS
+
+
 def _custom(args: argparse.Namespace) -> Config:
     base = CONFIGS["inpainting"].scaled(full=True)
     kernel = base.kernel_size if args.kernel_size is None else args.kernel_size
@@ -121,8 +140,14 @@ def problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the options, in one line, found before anything runs; None if nothing.
 
     (The numbers are checked as they are parsed.) A custom config must fit its kernel into its
-    size; --out must be a folder, or one that can be made; --v011 and --baseline must exist."""
+    size, a network's batch its BatchNorm; --out must be a folder, or one that can be made; --v011
+    and --baseline must exist."""
     for config in selected_configs(args):
+        if config.network is not None and config.batch * deepest(config) ** 2 < 2:
+            return (
+                f"--batch {config.batch}: {config.name} at {config.size}×{config.size} ends in 1×1 features, whose "
+                "BatchNorm needs more than one value per channel in training: use --batch 2 or more, or --full"
+            )
         shrink = config.kernel_size - 1 - 2 * config.padding  # per layer, at stride 1
         if config.size - config.layers * shrink < 1:
             layers = f" and --layers {config.layers}" if config.layers > 1 else ""
@@ -172,41 +197,11 @@ def _out_problem(out: Path) -> str | None:
     return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be made: {parent} is not writable"
 
 
-class Progress:
-    """A tqdm bar on a terminal (where tqdm is installed); elsewhere, one plain line per finished config."""
-
-    def __init__(self, total: int, configs: int, stream: TextIO | None = None) -> None:
-        self.stream = sys.stdout if stream is None else stream
-        self.configs, self.finished = configs, 0
-        self.bar: Any = None
-        if self.stream.isatty():
-            try:
-                from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
-            except ImportError:
-                return
-            self.bar = tqdm(total=total, unit="call", leave=False, file=self.stream)
-
-    def tick(self) -> None:
-        if self.bar is not None:
-            self.bar.update()
-
-    def done(self, config: Config, seconds: float) -> None:
-        self.finished += 1
-        line = f"[{self.finished}/{self.configs}] {config.name} done in {seconds:.1f} s"
-        if self.bar is not None:
-            self.bar.write(line, file=self.stream)
-        else:
-            print(line, file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def main(args: argparse.Namespace) -> int:
     """``python -m torch_pconv bench``: run, print the report, write JSON, CSV and PNG to --out."""
     start = time.perf_counter()
-    settings = Settings(args.device, DTYPES[args.dtype], args.repeats, args.warmup, args.seed, full=args.full)
+    allocator.configure(keep_freed=not args.default_allocator)  # before the run's first tensor
+    settings = Settings(args.device, DTYPES[args.dtype], repeats_of(args), args.warmup, args.seed, full=args.full)
     # Another build's code, which may raise anything: one line, and exit status 1.
     try:
         settings.v011 = load_v011(args.v011) if args.v011 else None
@@ -220,9 +215,23 @@ def main(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     configs = selected_configs(args)
-    progress = Progress(ticks(plan(configs, settings)[0], settings), len(configs))
+    # On a terminal, a bar of the timed calls; elsewhere (a log, CI), a line per finished config.
+    progress = Progress(
+        ticks(plan(configs, settings)[0], settings),
+        unit="call",
+        bar=sys.stdout.isatty(),
+        leave=False,
+        stream=sys.stdout,
+    )
+    finished = 0
+
+    def done(config: Config, seconds: float) -> None:
+        nonlocal finished
+        finished += 1
+        progress.write(f"[{finished}/{len(configs)}] {config.name} done in {seconds:.1f} s")
+
     try:
-        run = run_bench(configs, settings, tick=progress.tick, done=progress.done)
+        run = run_bench(configs, settings, tick=progress.update, done=done)
     finally:
         progress.close()
     recs, env = records(run), environment(run)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["CONFIGS", "DTYPES", "HOOKS", "MEMORY", "MODES", "Config", "Quick", "Settings"]
-
 # The timed calls. forward: with autograd recording; forward+backward: then torch.autograd.grad of
 # the input and every parameter; inference: under torch.no_grad().
 MODES = ("forward", "forward+backward", "inference")
+# A whole network's timed call (see training.train_step): forward, loss, backward into every .grad.
+STEP = "training step"
 # The memory figures: 'held' is what stays allocated between forward and backward (what training
 # keeps); 'hooks' runs the forward under a caller's identity saved-tensor hooks.
 HOOKS = "held forward→backward, saved-tensor hooks"
@@ -28,6 +29,7 @@ class Quick:
     batch: int
     size: int
     modes: tuple[str, ...] | None = None  # None: the config's own; (): memory only
+    extra_rows: bool = True  # False: without a network's bfloat16 and compiled rows
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Config:
     compiled: bool = False  # torch.compile'd rows, each next to its eager self
     fixed_cost: bool = False  # the report gives µs per call beyond nn.Conv2d's
     quick: Quick | None = None  # the default run's changes; --full runs the config as given
+    network: str | None = None  # "unet" or "classifier": a whole network (see networks), `layers` deep
+    bfloat16: bool = False  # a network's rows again in bfloat16, each compared with its float32 self
 
     def scaled(self, full: bool) -> Config:
         """This config as given, or as the default run changes it."""
@@ -58,9 +62,12 @@ class Config:
         if full or quick is None:
             return replace(self, quick=None)
         modes = self.modes if quick.modes is None else quick.modes
-        return replace(self, batch=quick.batch, size=quick.size, modes=modes, quick=None)
+        scaled = replace(self, batch=quick.batch, size=quick.size, modes=modes, quick=None)
+        return scaled if quick.extra_rows else replace(scaled, compiled=False, bfloat16=False)
 
     def describe(self) -> str:
+        if self.network is not None:
+            return self._describe_network()
         shape = f"{self.in_channels}→{self.out_channels}, k={self.kernel_size}, pad {self.padding}"
         what = f"{self.layers} × (conv → BatchNorm2d → ReLU), mask carried" if self.layers > 1 else "one layer"
         mask = "mask None" if self.holes is None else f"mask with {self.holes:.0%} holes"
@@ -69,6 +76,30 @@ class Config:
         extra += ["torch.compile'd next to eager"] if self.compiled else []
         extra += ["µs per call beyond nn.Conv2d"] if self.fixed_cost else []
         return ", ".join([what, f"B={self.batch}", shape, f"{self.size}×{self.size}", mask, *extra])
+
+    def _describe_network(self) -> str:
+        if self.network == "unet":
+            what = f"PConvUNet(layers={self.layers}), multi_channel masks"
+            mask = f"irregular holes over {self.holes:.0%} ± 5 %" if self.holes else "no holes"
+        else:
+            what, mask = "ResNet-50 laid out as pd_resnet50, 1×1 convolutions included", "mask None"
+        extra = ["bfloat16 rows"] if self.bfloat16 else []
+        extra += ["torch.compile'd rows"] if self.compiled else []
+        shape = f"{self.in_channels}×{self.size}×{self.size}"
+        return ", ".join([what, f"one {STEP}", f"B={self.batch}", shape, mask, *extra])
+
+
+# A whole network's memory: what its forward and loss leave for the backward, and the step's peak.
+_NETWORK_MEMORY = ("held forward→backward", "peak forward+backward")
+
+
+def _network(name: str, batch: int, size: int, layers: int, quick: Quick, **kwargs: Any) -> Config:
+    """A whole network's config (see networks), named for it: one training step of a 3-channel image
+    (kernel and padding are its first layer's)."""
+    memory = _NETWORK_MEMORY
+    return Config(
+        name, batch, 3, 3, 7, 3, size, layers=layers, modes=(STEP,), memory=memory, network=name, quick=quick, **kwargs
+    )
 
 
 # The realistic inpainting layer.
@@ -79,6 +110,11 @@ _INPAINTING = Config("inpainting", 4, 64, 64, 7, 3, 128, quick=Quick(1, 56))
 # the size than the time does; the encoder and 0.1.1's headline, which are about memory, are not
 # timed there. --full runs the configs as given here.
 CONFIGS = {
+    # Whole networks first, one training step each (what a user feels): the paper's U-Net, and the
+    # ResNet-50 of partial-convolution-based padding. 7 layers take 128×128 at the least, whose 1×1
+    # bottom needs a batch of 2 for BatchNorm: the default run's is about half the full one's work.
+    "unet": _network("unet", 1, 256, 7, Quick(2, 128, extra_rows=False), holes=0.25, compiled=True, bfloat16=True),
+    "classifier": _network("classifier", 2, 224, 50, Quick(1, 64), holes=None),
     "inpainting": _INPAINTING,
     # The 3×3 layer of most networks.
     "k3": Config("k3", 4, 64, 64, 3, 1, 128, quick=Quick(1, 48)),

@@ -6,7 +6,7 @@ import importlib.util
 import sys
 import types
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,25 +20,6 @@ from ..holes import random_holes
 from ..pconv import PartialConv2d, PConv2d
 from .configs import Config, Settings
 
-__all__ = [
-    "BASELINE",
-    "CONV",
-    "IMPLS",
-    "NVIDIA",
-    "NVIDIA_SINGLE",
-    "V011",
-    "Impl",
-    "Inputs",
-    "Network",
-    "applicable",
-    "build_network",
-    "conv_of",
-    "load_baseline",
-    "load_v011",
-    "make_inputs",
-    "nvidia_of",
-]
-
 _NONE, _SINGLE, _MULTI, _SHARED = MaskLayout.NONE, MaskLayout.SINGLE, MaskLayout.MULTI, MaskLayout.SHARED
 
 
@@ -47,10 +28,11 @@ class Impl:
     """One implementation under test, and the mask layout it is given."""
 
     name: str
-    kind: Literal["conv", "pconv", "drop_in", "nvidia", "v011", "baseline"]
+    kind: Literal["conv", "pconv", "drop_in", "nvidia", "v011", "baseline", "convert"]
     multi_channel: bool = False
     mask: MaskLayout = _SINGLE
     compiled: bool = False  # wrapped in torch.compile
+    dtype: str | None = None  # a key of configs.DTYPES: a network's row in its own dtype; None: the config's
 
 
 CONV = "nn.Conv2d"
@@ -75,14 +57,49 @@ IMPLS = [
 ]
 
 
+def _variant(impl: Impl, *, compiled: bool = False, dtype: str | None = None) -> Impl:
+    """``impl`` compiled or in another dtype: a network's row again, named for what differs."""
+    suffix = (" (compiled)" if compiled else "") + (f", {dtype}" if dtype else "")
+    return replace(impl, name=impl.name + suffix, compiled=compiled, dtype=dtype)
+
+
+def _named(name: str) -> Impl:
+    return next(impl for impl in IMPLS if impl.name == name)
+
+
+# The whole networks' rows (see networks): each is named for the layer its network is built of (the
+# mask layout does not apply: a network makes its own). The U-Net's bfloat16 and compiled rows run
+# where its config asks for them (Config.bfloat16, Config.compiled).
+UNET_IMPLS = [_named(CONV), _named("PConv2d multi_channel"), _named(NVIDIA)]
+UNET_BFLOAT16 = [_variant(impl, dtype="bfloat16") for impl in UNET_IMPLS]
+UNET_COMPILED = [_variant(impl, compiled=True) for impl in UNET_IMPLS[:2]]
+CLASSIFIER_IMPLS = [
+    _named(CONV),
+    Impl("PartialConv2d", "drop_in", mask=_NONE),  # every convolution, as pd_resnet50
+    Impl("PartialConv2d, convert", "convert", mask=_NONE),  # torch_pconv.convert: unpadded 1×1 stay nn.Conv2d
+    _named(NVIDIA_SINGLE),
+]
+NETWORK_IMPLS = [*UNET_IMPLS, *UNET_BFLOAT16, *UNET_COMPILED, *CLASSIFIER_IMPLS]
+
+
+def network_impls(config: Config) -> list[Impl]:
+    """The rows of a whole network's config."""
+    if config.network != "unet":
+        return CLASSIFIER_IMPLS
+    return UNET_IMPLS + UNET_BFLOAT16 * config.bfloat16 + UNET_COMPILED * config.compiled
+
+
 def conv_of(impl: Impl) -> Impl:
-    """The nn.Conv2d ``impl`` is timed between and compared with: compiled if it is."""
-    return next(conv for conv in IMPLS if conv.kind == "conv" and conv.compiled == impl.compiled)
+    """The nn.Conv2d ``impl`` is timed between and compared with: compiled if it is, in its dtype."""
+    rows = [*IMPLS, *NETWORK_IMPLS]
+    return next(r for r in rows if r.kind == "conv" and r.compiled == impl.compiled and r.dtype == impl.dtype)
 
 
 def nvidia_of(impl: Impl) -> str:
-    """The NVIDIA row ``impl`` is compared with: the one with the same ``multi_channel``."""
-    return NVIDIA if impl.multi_channel else NVIDIA_SINGLE
+    """The NVIDIA row ``impl`` is compared with: the one with the same ``multi_channel`` (and, for a
+    network's rows, the same dtype; a compiled row has none)."""
+    name = NVIDIA if impl.multi_channel else NVIDIA_SINGLE
+    return _variant(Impl(name, "nvidia"), compiled=impl.compiled, dtype=impl.dtype).name
 
 
 def applicable(impl: Impl, config: Config, settings: Settings) -> str | None:

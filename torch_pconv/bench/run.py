@@ -6,27 +6,30 @@ import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from ..check import relative_error
 from .configs import HOOKS, Config, Settings
-from .impls import BASELINE, IMPLS, NVIDIA, Impl, Inputs, applicable, build_network, conv_of, make_inputs
-from .measure import (
-    STEPS,
-    Samples,
-    Step,
-    forward,
-    forward_backward,
-    hooked_forward,
-    inference,
-    measure_memory,
-    time_interleaved,
+from .impls import (
+    BASELINE,
+    IMPLS,
+    NVIDIA,
+    V011,
+    Impl,
+    Inputs,
+    applicable,
+    build_network,
+    conv_of,
+    make_inputs,
+    network_impls,
 )
-
-__all__ = ["Row", "Run", "Unavailable", "bench_config", "plan", "run_bench", "ticks"]
+from .memory import hooked_forward, measure_memory
+from .networks import UNET, unet_class
+from .timing import STEPS, Samples, Step, forward, forward_backward, inference, time_interleaved
+from .training import measure_networks
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Row:
     times: dict[str, Samples]  # mode -> samples
     memory: dict[str, int]  # MEMORY name -> bytes
     error: float | None  # max|out - NVIDIA multi_channel's out| / max|NVIDIA's out|; None for nn.Conv2d
+    # A whole network's: max|grad - NVIDIA's| over all its parameters / max|NVIDIA's grad| (see training)
+    grad_error: float | None = None
 
 
 @dataclass
@@ -59,6 +64,11 @@ def plan(configs: list[Config], settings: Settings) -> tuple[list[tuple[Config, 
     planned = []
     skipped: dict[tuple[str, str], list[str]] = {}  # (build, why) -> the configs it skips
     for config in configs:
+        if config.network is not None:  # a whole network: its own rows, and no other build's
+            planned.append((config, network_impls(config)))
+            for name in [V011] * (settings.v011 is not None) + [BASELINE] * (settings.baseline is not None):
+                skipped.setdefault((name, "a layer, not a whole network"), []).append(config.name)
+            continue
         impls = []
         for impl in IMPLS:
             why = applicable(impl, config, settings.for_config(config))
@@ -110,6 +120,8 @@ def bench_config(
 ) -> list[Row]:
     """Time, memory and agreement of every implementation on ``config``; why another build that
     fails on this torch is left out goes to ``notes``."""
+    if config.network is not None:
+        return _bench_network(config, impls, settings, tick, [] if notes is None else notes)
     with _threads(config.threads):
         if not settings.full:
             _check_low_precision_speed(config, settings)
@@ -146,6 +158,29 @@ def bench_config(
     return rows
 
 
+def _bench_network(
+    config: Config, impls: list[Impl], settings: Settings, tick: Callable[[], None], notes: list[str]
+) -> list[Row]:
+    """A whole network's rows (see training); Unavailable where the U-Net's extra is not installed."""
+    if config.network == UNET:
+        try:
+            unet_class()
+        except ImportError as error:
+            raise Unavailable(str(error)) from None
+    if any(impl.dtype for impl in impls) and settings.device == "cpu":
+        # A step of a whole network on a reference kernel takes minutes: even --full leaves it out.
+        layer = replace(config, in_channels=64, out_channels=64, kernel_size=3, padding=1, size=24)
+        why = _slow_precision(layer, replace(settings, dtype=torch.bfloat16))
+        if why is not None:
+            notes.append(f"{config.name}'s bfloat16 rows not measured: {why}")
+            impls = [impl for impl in impls if impl.dtype is None]
+    found = measure_networks(config, impls, settings, tick, notes)
+    return [
+        Row(config, impl, found.times[impl.name], found.memory[impl.name], *found.errors.get(impl.name, (None, None)))
+        for impl in found.rows
+    ]
+
+
 def _runs(impl: Impl, net: nn.Module, inputs: Inputs, config: Config, notes: list[str] | None) -> bool:
     """Whether ``impl`` runs every step the config measures; only another build (0.1.1, the
     baseline) is tried, and may fail: an older build may not support this torch."""
@@ -174,26 +209,36 @@ _SLOW_PRECISION = 10.0
 def _check_low_precision_speed(config: Config, settings: Settings) -> None:
     """Raise Unavailable where ``settings.dtype`` is a half precision that this device convolves
     far slower than float32 (one call each, at the config's channels and kernel, a small size)."""
+    why = _slow_precision(config, settings)
+    if why is not None:
+        raise Unavailable(f"{why}: left out of the default run; --full runs it")
+
+
+def _slow_precision(config: Config, settings: Settings) -> str | None:
+    """Why ``settings.dtype`` is too slow to measure here, if it is: see _check_low_precision_speed."""
     if settings.dtype not in (torch.float16, torch.bfloat16) or settings.device != "cpu":
-        return
+        return None
     seconds = {}
     size = min(config.size, 24)
     for dtype in (torch.float32, settings.dtype):
         conv = nn.Conv2d(config.in_channels, config.out_channels, config.kernel_size, padding=config.padding)
         x = torch.randn(1, config.in_channels, size, size, dtype=dtype)
         conv = conv.to(dtype)
-        with torch.no_grad():
+        # One thread: on a loaded machine, threads that wait on each other slow float32's small
+        # convolution up to 20× and would hide a missing kernel.
+        with torch.no_grad(), _threads(1):
             conv(x)  # the first call's setup is not the kernel's speed
-            start = time.perf_counter()
-            conv(x)
-            seconds[dtype] = time.perf_counter() - start
+            calls = []
+            for _ in range(3):  # the quickest of three: one call on a shared machine can be off 10×
+                start = time.perf_counter()
+                conv(x)
+                calls.append(time.perf_counter() - start)
+            seconds[dtype] = min(calls)
     ratio = seconds[settings.dtype] / max(seconds[torch.float32], 1e-9)
-    if ratio > _SLOW_PRECISION:
-        name = str(settings.dtype).removeprefix("torch.")
-        raise Unavailable(
-            f"this CPU convolves {name} {ratio:.0f}x slower than float32 (no native {name} kernel): "
-            "left out of the default run; --full runs it"
-        )
+    if ratio <= _SLOW_PRECISION:
+        return None
+    name = str(settings.dtype).removeprefix("torch.")
+    return f"this CPU convolves {name} {ratio:.0f}x slower than float32 (no native {name} kernel)"
 
 
 def _compile(nets: dict[str, nn.Module], impls: list[Impl], inputs: Inputs) -> None:

@@ -1,11 +1,7 @@
-"""Measurement: interleaved wall-clock timing, and the live-bytes memory meter.
+"""The memory meter: the true peak of live tensor bytes in a call, and what the call leaves held.
 
-Time: every implementation is timed in the same process, on the same input and weights, round-robin
-within each repeat, and each timed call sits between two calls of nn.Conv2d of the same shape, so
-that each ratio to nn.Conv2d compares neighbours in time: machine noise hits both alike.
-
-Memory is the true peak of live tensor bytes: on CUDA from the caching allocator's counters, on CPU
-from the profiler's allocation events (never RSS, which cannot resolve a few percent).
+On CUDA it reads the caching allocator's counters; on CPU, the profiler's allocation events (never
+RSS, which cannot resolve a few percent, and which the benchmark's allocator setting would move).
 """
 
 from __future__ import annotations
@@ -13,13 +9,10 @@ from __future__ import annotations
 import gc
 import os
 import re
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -28,130 +21,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from .. import _quirks
 from .configs import HOOKS
 from .impls import Inputs
-
-__all__ = ["STEPS", "LiveBytes", "Samples", "Step", "hooked_forward", "measure_memory", "time_interleaved"]
-
-
-# ----------------------------------------------------------------------------------------------
-# The measured calls
-
-
-def forward(net: nn.Module, inputs: Inputs, mask: Tensor | None) -> Tensor:
-    output: Tensor = net(inputs.x, mask)
-    return output
-
-
-def forward_backward(net: nn.Module, inputs: Inputs, mask: Tensor | None) -> None:
-    output = net(inputs.x, mask)
-    params = [p for p in net.parameters() if p.requires_grad]
-    torch.autograd.grad(output, [inputs.x, *params], inputs.grad)
-
-
-def inference(net: nn.Module, inputs: Inputs, mask: Tensor | None) -> None:
-    with torch.no_grad():
-        net(inputs.x, mask)
-
-
-Step = Callable[[nn.Module, Inputs, "Tensor | None"], object]
-STEPS: dict[str, Step] = {"forward": forward, "forward+backward": forward_backward, "inference": inference}
-
-
-# ----------------------------------------------------------------------------------------------
-# Time
-
-
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(step: Callable[[], object], calls: int, device: str) -> float:
-    """Seconds per call of ``step``, over ``calls`` calls in a row, waiting for the device to finish."""
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        step()
-    _sync(device)
-    return (time.perf_counter() - start) / calls
-
-
-@dataclass
-class Samples:
-    """Seconds per call of one implementation in one mode, one per repeat, and next to each the
-    mean of the two nn.Conv2d calls around it."""
-
-    seconds: list[float] = field(default_factory=list)
-    conv: list[float] = field(default_factory=list)
-
-
-def time_interleaved(
-    steps: dict[str, dict[str, Callable[[], object]]],
-    convs: dict[str, str],
-    *,
-    repeats: int,
-    warmup: int,
-    calls: int = 1,
-    device: str = "cpu",
-    tick: Callable[[], None] = lambda: None,
-) -> dict[str, dict[str, Samples]]:
-    """Time ``steps[name][mode]``, each call between two calls of ``steps[convs[name]][mode]``.
-
-    ``convs`` maps every name to the conv it is compared with, and each conv to itself. Each repeat
-    runs, for each mode: conv, a, conv, b, conv, ... (a conv call sits between two neighbours with
-    the same conv), the order of a, b, ... rotated from one repeat to the next so that no one
-    always follows the same neighbour. A conv's sample of a repeat is the mean of its calls in
-    that repeat. The first ``warmup`` repeats are not kept.
-    """
-    names = [name for name in steps if convs[name] != name]
-    modes = list(next(iter(steps.values()), {}))
-    found = {name: {mode: Samples() for mode in modes} for name in steps}
-    for repeat in range(warmup + repeats):
-        start = repeat % len(names) if names else 0
-        for mode in modes:
-            mode_steps = {name: steps[name][mode] for name in steps}
-            timed, own = _round(mode_steps, convs, names[start:] + names[:start], calls, device, tick)
-            if repeat < warmup:
-                continue
-            for name, (seconds, neighbours) in timed.items():
-                found[name][mode].seconds.append(seconds)
-                found[name][mode].conv.append(neighbours)
-            for conv, samples in own.items():
-                found[conv][mode].seconds.append(statistics.fmean(samples))
-                found[conv][mode].conv.append(statistics.fmean(samples))
-    return found
-
-
-def _round(
-    steps: dict[str, Callable[[], object]],
-    convs: dict[str, str],
-    order: list[str],
-    calls: int,
-    device: str,
-    tick: Callable[[], None],
-) -> tuple[dict[str, tuple[float, float]], dict[str, list[float]]]:
-    """One repeat of one mode: each name's (seconds, mean of its two conv neighbours), and every
-    conv call's seconds."""
-    own: dict[str, list[float]] = {conv: [] for conv in dict.fromkeys(convs.values())}
-    timed = {}
-    last = None  # the conv of the latest call: the 'before' of a name with the same conv
-    for name in order:
-        conv = convs[name]
-        if last != conv:
-            own[conv].append(time_call(steps[conv], calls, device))
-        seconds = time_call(steps[name], calls, device)
-        own[conv].append(time_call(steps[conv], calls, device))
-        timed[name] = (seconds, (own[conv][-2] + own[conv][-1]) / 2)
-        last = conv
-        tick()
-    for conv, samples in own.items():  # a conv with nothing to compare: timed alone
-        if not samples:
-            samples.append(time_call(steps[conv], calls, device))
-    return timed, own
-
-
-# ----------------------------------------------------------------------------------------------
-# Memory
-
+from .timing import Step, forward, forward_backward, inference, sync
 
 # What the profiler writes straight to file descriptor 2 while the meter runs, and that says nothing
 # to the bench's reader: libkineto's log lines whenever a profile starts or stops
@@ -230,11 +100,11 @@ class LiveBytes:
             with record_function(_WINDOW + name):
                 yield
             return
-        _sync(self.device)
+        sync(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         start = torch.cuda.memory_allocated(self.device)
         yield
-        _sync(self.device)
+        sync(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - start
         self.results[name] = (peak, torch.cuda.memory_allocated(self.device) - start)
 
