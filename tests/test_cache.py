@@ -451,3 +451,32 @@ def test_tensor_subclass_inputs_are_not_cached():
     out, _ = layer(x.as_subclass(Tagged))
     assert layer._ratio_cache == {}
     assert torch.equal(out.as_subclass(Tensor), expected_out)
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
+def test_whole_windows_with_a_ratio_of_one_run_the_plain_convolution(bias: bool) -> None:
+    """mask=None, no padding, float32: window / (window + 1e-8) rounds to 1, so the layer is its
+    convolution (NVIDIA's multiplies by exactly 1); float64's ratio is not 1, and legacy_behaviour
+    with a bias keeps NVIDIA's (conv - b) · 1 + b."""
+    from torch_pconv import PartialConv2d
+    from torch_pconv.reference import PartialConv2d as Reference
+
+    x = image((2, 8, 6, 6)).requires_grad_()
+    for legacy in (False, True):
+        torch.manual_seed(0)
+        ours = PartialConv2d(8, 4, 1, bias=bias, legacy_behaviour=legacy)
+        ref = Reference(8, 4, 1, bias=bias)
+        ref.load_state_dict(ours.state_dict(), strict=False)
+        out = ours(x)
+        plain = not (legacy and bias)
+        assert (type(out.grad_fn).__name__ == "ConvolutionBackward0") is plain
+        expected = ref(x)
+        if not bias or legacy:
+            assert torch.equal(out, expected)
+        else:
+            torch.testing.assert_close(
+                out, expected, rtol=0, atol=4 * torch.finfo(torch.float32).eps * expected.abs().max().item()
+            )
+        torch.autograd.grad(out.sum(), [x, *ours.parameters()])
+    ours64 = PartialConv2d(8, 4, 1, bias=bias).double()
+    assert type(ours64(x.double()).grad_fn).__name__ != "ConvolutionBackward0"  # its ratio is 1 - 1e-8 / 8

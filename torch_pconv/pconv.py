@@ -160,7 +160,7 @@ class _PartialConvNd(_ConvNd):
     multi_channel: bool
     return_mask: bool
     legacy_behaviour: bool
-    _ratio_cache: dict[tuple[Any, ...], tuple[Tensor, Tensor]]
+    _ratio_cache: dict[tuple[Any, ...], tuple[Tensor, Tensor, bool]]
     _defaults: ClassVar[dict[str, bool]] = {"multi_channel": False, "return_mask": True, "legacy_behaviour": False}
     # Whether a multi-channel update mask is returned as an expanded view of one channel (cheap)
     # or as a tensor of its own (NVIDIA's, for the drop-in classes).
@@ -189,7 +189,15 @@ class _PartialConvNd(_ConvNd):
         differentiable = False
         if mask_in is None:
             layout = MaskLayout.NONE
-            ratio, update = self._padding_ratio(input)
+            ratio, update, ones = self._padding_ratio(input)
+            if ones and not (self.legacy_behaviour and bias is not None):
+                # Every window is whole (no padding) and its ratio, window / (window + 1e-8), rounds
+                # to 1 (float32 and lower precisions): the partial convolution is the convolution
+                # (NVIDIA's multiplies it by exactly 1), at nn.ConvNd's cost. An unpadded 1×1
+                # convolution of pd_resnet50, say (36 of its 53). Legacy with a bias keeps NVIDIA's
+                # (conv - b) · 1 + b, which can round apart from conv + b.
+                output = self._conv_forward(input, weight, bias)
+                return (output, self._returned_mask(update, layout, input)) if self.return_mask else output
         else:
             layout = read_layout(mask_in, input, self.in_channels, self.multi_channel)
             if input.shape[0] == 1 < mask_in.shape[0]:  # a batch of 1 under a batch of masks, as NVIDIA broadcasts
@@ -273,15 +281,17 @@ class _PartialConvNd(_ConvNd):
         assert not isinstance(padding, str)
         return Geometry(tuple(self.stride), tuple(padding), tuple(self.dilation), self.groups)
 
-    def _padding_ratio(self, input: Tensor) -> tuple[Tensor, Tensor]:
-        """Ratio and update for mask=None: a function of the spatial size alone, so cached."""
+    def _padding_ratio(self, input: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """Ratio and update for mask=None, and whether both are all ones: a function of the spatial
+        size alone, so cached (and asked once per entry: on CUDA, one synchronisation)."""
         if not _cacheable(input):
-            return ratio_and_update(None, MaskLayout.NONE, self, input)
+            return (*ratio_and_update(None, MaskLayout.NONE, self, input), False)
         geometry = (self.kernel_size, self.stride, self.padding, self.dilation, self.in_channels, self.multi_channel)
         key = (input.shape[2:], input.device, count_dtype(input.dtype), torch.is_inference_mode_enabled(), geometry)
         cached = self._ratio_cache.get(key)
         if cached is None:
-            cached = ratio_and_update(None, MaskLayout.NONE, self, input)
+            ratio, update = ratio_and_update(None, MaskLayout.NONE, self, input)
+            cached = ratio, update, bool((ratio == 1).all() and (update == 1).all())
             if len(self._ratio_cache) >= _CACHE_SIZE:
                 self._ratio_cache.pop(next(iter(self._ratio_cache)), None)
             self._ratio_cache[key] = cached
